@@ -1,0 +1,112 @@
+"""The public API: `pcsr.load()` gives a `Model` whose `upscale()` takes a picture and gives one back."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import weights
+from .errors import PcsrError
+from .models.pcsr import Routing, SRResult
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PcsrError("--device cuda: no CUDA device is available")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: str):
+    """Reduced precision by autocast (weights stay fp32); fp32 is a no-op context."""
+    if precision in ("fp32", "auto"):
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise PcsrError(f"unknown precision {precision!r} (fp32, bf16, fp16)")
+    if dtype == torch.float16 and device.type != "cuda":
+        raise PcsrError("fp16 needs a CUDA device; use bf16 on a CPU")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class Upscaled:
+    image: Image.Image                 # the result, 8-bit RGB
+    sr: np.ndarray                     # float32 HxWx3 in [0, 1], before 8-bit rounding
+    class_map: np.ndarray | None       # HxW uint8, 0 = cheapest upsampler; None for original models
+    flops: int
+    max_flops: int
+
+    @property
+    def heavy_fraction(self) -> float | None:
+        if self.class_map is None:
+            return None
+        return float((self.class_map > 0).mean())
+
+
+class Model:
+    """A loaded network with its device and precision."""
+
+    def __init__(self, net: torch.nn.Module, info: dict | None = None, device: str = "auto",
+                 precision: str = "fp32", name: str | None = None):
+        self.device = pick_device(device)
+        self.precision = "fp32" if precision == "auto" else precision
+        self.net = net.to(self.device).eval()
+        self.info = info or {}
+        self.name = name
+
+    @property
+    def spec(self):
+        return self.net.spec
+
+    @property
+    def scale(self) -> int:
+        return self.net.spec.scale
+
+    @property
+    def is_pcsr(self) -> bool:
+        return self.net.spec.is_pcsr
+
+    def run(self, lr: torch.Tensor, routing: Routing | None = None, scale=None, out_size=None,
+            classes: torch.Tensor | None = None) -> SRResult:
+        """LR (N, 3, h, w) float in [0, 1] -> SRResult; the one inference path under every command."""
+        lr = lr.to(self.device, torch.float32)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            if self.is_pcsr:
+                res = self.net.infer(lr, scale=scale, out_size=out_size, routing_=routing, classes=classes)
+            else:
+                res = self.net.infer(lr, scale=scale, out_size=out_size)
+        res.sr = res.sr.float()
+        return res
+
+    def upscale(self, image, k: float = 0.0, adaptive: bool = False, budget: float | None = None,
+                refine: bool = True, scale: float | None = None) -> Upscaled:
+        """image: PIL.Image or HxWx3 uint8 array."""
+        arr = _as_rgb_array(image)
+        lr = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+        res = self.run(lr, Routing(k=k, adaptive=adaptive, budget=budget, refine=refine), scale=scale)
+        sr = res.sr[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        img = Image.fromarray(np.round(sr * 255).astype(np.uint8))
+        cmap = None if res.classes is None else res.classes[0].to(torch.uint8).cpu().numpy()
+        return Upscaled(img, sr, cmap, int(res.flops[0]), int(res.max_flops[0]))
+
+
+def _as_rgb_array(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
+        raise PcsrError(f"expected a PIL image or an HxWx3 uint8 array, got {arr.dtype} {arr.shape}")
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def load(name_or_path=None, device: str = "auto", precision: str = "fp32") -> Model:
+    """A bundled model name (default: the bundled default), a .safetensors file, or a reference .pth."""
+    net, info = weights.load(name_or_path)
+    return Model(net, info, device=device, precision=precision, name=str(name_or_path or weights.DEFAULT_MODEL))

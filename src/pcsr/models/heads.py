@@ -1,0 +1,136 @@
+"""Per-pixel MLP heads (a simplified LIIF): the upsamplers and the classifier.
+
+An output pixel's MLP input is the feature vector of its nearest LR pixel, its coordinate relative
+to that pixel's centre and the size of an output pixel (both in LR-pixel units): C + 4 numbers.
+
+Two ways to feed the MLPs, giving the same numbers up to float rounding:
+- `PointQueries`: any set of output coordinates (any scale, any output size). The reference.
+- `SubpixelQueries`: integer scale s. The coordinate part takes only s*s values, so the first layer
+  splits into a 1x1 projection of the features, once per LR pixel, plus a per-sub-pixel bias.
+  Rows are ordered (n, y, x, dy, dx): output pixel (y*s + dy, x*s + dx) of image n.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import flops as fl
+
+
+class MLP(nn.Module):
+    """ReLU MLP; `layers[0]` is the first linear layer, which the sub-pixel path splits."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], out_dim: int):
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                layers.append(nn.ReLU(inplace=True))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(x)
+
+    def after_first(self, h1: torch.Tensor) -> torch.Tensor:
+        """The rest of the MLP, given the first layer's pre-activation."""
+        return self.layers[1:](h1)
+
+    def flops_per_row(self) -> int:
+        return sum(fl.linear(m.in_features, m.out_features) for m in self.layers if isinstance(m, nn.Linear))
+
+
+def make_coord(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Pixel centres of an h x w grid in [-1, 1], as (h*w, 2) rows of (y, x)."""
+    ys = (torch.arange(h, device=device, dtype=torch.float64) * 2 + 1) / h - 1
+    xs = (torch.arange(w, device=device, dtype=torch.float64) * 2 + 1) / w - 1
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+    return grid.reshape(-1, 2).to(dtype)
+
+
+class PointQueries:
+    """MLP inputs for arbitrary output coordinates (N, Q, 2) and cells (N, Q, 2)."""
+
+    def __init__(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor):
+        n, c, h, w = feat.shape
+        self.n, self.q = coord.shape[:2]
+        self.coord = coord
+        grid = coord.clamp(-1 + 1e-6, 1 - 1e-6).flip(-1).unsqueeze(1).to(feat.dtype)  # (N,1,Q,2) as (x, y)
+        q_feat = F.grid_sample(feat, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
+        lr_centres = make_coord(h, w, feat.device, feat.dtype).t().reshape(1, 2, h, w).expand(n, 2, h, w)
+        q_coord = F.grid_sample(lr_centres, grid, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
+        size = torch.tensor([h, w], device=feat.device, dtype=feat.dtype)
+        rel_coord = (coord.to(feat.dtype) - q_coord) * size
+        rel_cell = cell.to(feat.dtype) * size
+        self.inputs = torch.cat([q_feat, rel_coord, rel_cell], dim=-1).reshape(self.n * self.q, -1)
+
+    @property
+    def rows(self) -> int:
+        return self.n * self.q
+
+    def run(self, mlp: MLP, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return mlp(self.inputs if rows is None else self.inputs[rows])
+
+    def bilinear(self, lr: torch.Tensor) -> torch.Tensor:
+        """Bilinear sample (border padding) of the normalised LR at every query, as (N*Q, 3) rows."""
+        grid = self.coord.flip(-1).unsqueeze(1).to(lr.dtype)
+        out = F.grid_sample(lr, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out[:, :, 0].permute(0, 2, 1).reshape(self.rows, -1)
+
+
+def subpixel_offsets(s: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(s*s, 4) coordinate inputs (rel_y, rel_x, cell_y, cell_x) of the s*s sub-pixels of an LR pixel."""
+    r = (torch.arange(s, device=device, dtype=torch.float64) * 2 + 1) / s - 1
+    ry, rx = torch.meshgrid(r, r, indexing="ij")
+    cell = torch.full_like(ry, 2.0 / s)
+    return torch.stack([ry, rx, cell, cell], dim=-1).reshape(s * s, 4).to(dtype)
+
+
+class SubpixelQueries:
+    """MLP inputs for integer scale s over every output pixel, first layer split per LR pixel."""
+
+    def __init__(self, feat: torch.Tensor, scale: int):
+        self.n, self.c, self.h, self.w = feat.shape
+        self.s = scale
+        self.feat_rows = feat.permute(0, 2, 3, 1).reshape(-1, self.c)  # (N*h*w, C)
+        self.offsets = subpixel_offsets(scale, feat.device, feat.dtype)
+
+    @property
+    def rows(self) -> int:
+        return self.n * self.h * self.w * self.s * self.s
+
+    def first_layer(self, mlp: MLP) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-LR-pixel projection (N*h*w, H1), per-sub-pixel bias (s*s, H1))."""
+        lin: nn.Linear = mlp.layers[0]
+        proj = self.feat_rows @ lin.weight[:, : self.c].t().to(self.feat_rows.dtype)
+        bias = torch.addmm(lin.bias, self.offsets.to(lin.weight.dtype), lin.weight[:, self.c:].t())
+        return proj, bias.to(proj.dtype)
+
+    def run(self, mlp: MLP, rows: torch.Tensor | None = None) -> torch.Tensor:
+        proj, bias = self.first_layer(mlp)
+        ss = self.s * self.s
+        if rows is None:
+            h1 = (proj.unsqueeze(1) + bias.unsqueeze(0)).reshape(-1, proj.shape[1])
+        else:
+            h1 = proj[rows // ss] + bias[rows % ss]
+        return mlp.after_first(h1)
+
+    def bilinear(self, lr: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(lr, scale_factor=self.s, mode="bilinear", align_corners=False)
+        return self.to_rows(up)
+
+    def to_rows(self, img: torch.Tensor) -> torch.Tensor:
+        """(N, C, h*s, w*s) image -> (rows, C) in sub-pixel order."""
+        n, c = img.shape[:2]
+        s = self.s
+        return img.reshape(n, c, self.h, s, self.w, s).permute(0, 2, 4, 3, 5, 1).reshape(-1, c)
+
+    def to_image(self, rows: torch.Tensor) -> torch.Tensor:
+        """(rows, C) or (rows,) in sub-pixel order -> (N, C, h*s, w*s) or (N, h*s, w*s)."""
+        s = self.s
+        squeeze = rows.dim() == 1
+        r = rows.reshape(self.n, self.h, self.w, s, s, -1).permute(0, 5, 1, 3, 2, 4)
+        img = r.reshape(self.n, -1, self.h * s, self.w * s)
+        return img[:, 0] if squeeze else img

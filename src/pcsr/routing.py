@@ -1,0 +1,75 @@
+"""Routing rules: which upsampler each output pixel gets. Pure tensor functions.
+
+Classes are ordered by cost, 0 the cheapest. `prob` has the class on its last dimension.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cost_rule(prob: torch.Tensor, costs: torch.Tensor, k: float) -> torch.Tensor:
+    """argmax_j p_j / cost_j^k, costs normalised to sum 1: k = 0 is plain argmax, larger k is cheaper."""
+    c = costs.to(torch.float64)
+    c = (c / c.sum()).to(prob.dtype)
+    return torch.argmax(prob / c.pow(k), dim=-1)
+
+
+def kmeans_1d(x: torch.Tensor, iters: int = 20, tol: float = 1e-4) -> torch.Tensor:
+    """Two-cluster k-means on values in [0, 1] as the reference runs it: True for the high cluster.
+
+    The reference starts from a single centroid at 0.5, so its first pass puts every value in one
+    cluster and leaves the other empty (centroid 0): the real start is (mean(x), 0). Lloyd steps
+    follow until the centroids move by at most `tol` (sum of squares) or `iters` passes in all;
+    the labels are those of the last assignment, made before the last centroid update.
+    """
+    x = x.reshape(-1).to(torch.float32)
+    c = torch.stack([x.mean(), torch.zeros((), dtype=x.dtype, device=x.device)])
+    labels = torch.zeros_like(x, dtype=torch.long)
+    for _ in range(iters - 1):
+        labels = ((x - c[1]).abs() < (x - c[0]).abs()).long()  # ties go to cluster 0
+        sums = torch.zeros(2, dtype=torch.float64, device=x.device).index_add_(0, labels, x.double())
+        counts = torch.bincount(labels, minlength=2).double()
+        new = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums)).to(x.dtype)
+        moved = float(((new - c) ** 2).sum())
+        c = new
+        if moved <= tol:
+            break
+    low_label = labels[torch.argmin(x)]
+    return labels != low_label
+
+
+def adaptive(prob_heavy: torch.Tensor) -> torch.Tensor:
+    """The paper's adaptive decision: k-means on the min-max normalised heavy probability of one image."""
+    p = prob_heavy.to(torch.float32)
+    lo, hi = p.min(), p.max()
+    if hi <= lo:
+        return torch.zeros_like(p, dtype=torch.bool)
+    return kmeans_1d((p - lo) / (hi - lo)).reshape(p.shape)
+
+
+def budget(score: torch.Tensor, fraction: float) -> torch.Tensor:
+    """True for the round(fraction * n) pixels of highest score: a heavy share met to within one pixel."""
+    flat = score.reshape(-1)
+    n = int(round(min(max(fraction, 0.0), 1.0) * flat.numel()))
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if n:
+        mask[torch.topk(flat, n, sorted=False).indices] = True
+    return mask.reshape(score.shape)
+
+
+def refine(sr: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Smooth the seams: a pixel with a costlier class among its 8 neighbours takes the 3x3 mean.
+
+    sr (N, C, H, W), classes (N, H, W). The outermost rows and columns are left alone.
+    """
+    if sr.shape[-1] < 3 or sr.shape[-2] < 3:
+        return sr
+    cls = classes.to(sr.dtype if sr.is_floating_point() else torch.float32).unsqueeze(1)
+    neigh_max = F.max_pool2d(cls, 3, stride=1)  # (N,1,H-2,W-2), interior only
+    target = neigh_max > cls[..., 1:-1, 1:-1]
+    mean = F.avg_pool2d(sr, 3, stride=1)
+    out = sr.clone()
+    inner = out[..., 1:-1, 1:-1]
+    out[..., 1:-1, 1:-1] = torch.where(target, mean, inner)
+    return out
