@@ -1,0 +1,66 @@
+"""The `pcsr` command: convert and eval on tiny models; errors are one line, never a traceback."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pcsr import weights
+from pcsr.cli import main
+from test_models import tiny_pcsr
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    weights.save(tiny_pcsr(), path)
+    return path
+
+
+@pytest.fixture
+def hr_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    for i, size in enumerate([(34, 27), (40, 40)]):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_eval_json(tiny_model, hr_folder, capsys):
+    assert main(["eval", "--model", str(tiny_model), "--data", str(hr_folder), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"psnr_rgb", "psnr_y", "gflops", "max_gflops", "heavy_fraction", "images", "seconds"}
+    assert out["images"] == 2 and 0 <= out["heavy_fraction"] <= 1 and out["gflops"] <= out["max_gflops"]
+
+
+def test_eval_routing_changes_flops(tiny_model, hr_folder, capsys):
+    figures = []
+    for extra in (["--budget", "0"], ["--budget", "1"], ["-k", "-25"]):
+        assert main(["eval", "--model", str(tiny_model), "--data", str(hr_folder), "--json", *extra]) == 0
+        figures.append(json.loads(capsys.readouterr().out))
+    assert figures[0]["heavy_fraction"] == 0 and figures[1]["heavy_fraction"] == 1
+    assert figures[0]["gflops"] < figures[1]["gflops"] == figures[1]["max_gflops"]
+
+
+def test_errors_are_one_line(tmp_path, hr_folder, capsys):
+    assert main(["eval", "--model", "nope", "--data", str(hr_folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown model 'nope'" in err and "Traceback" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model = tmp_path / "m.safetensors"
+    weights.save(tiny_pcsr(), model)
+    assert main(["eval", "--model", str(model), "--data", str(empty)]) == 1
+    assert "no images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--data", str(hr_folder), "-k", "1", "--adaptive"])
+    assert e.value.code == 2
+
+
+def test_convert_reference(official, tmp_path, capsys):
+    dst = tmp_path / "carn-pcsr.safetensors"
+    assert main(["convert", str(official / "carn-pcsr-phase1.pth"), "-o", str(dst)]) == 0
+    net, info = weights.load(dst)
+    assert net.spec.upsamplers == ((20, 20, 20), (74, 74, 74, 74)) and net.spec.classifier == (10, 10)
+    assert net.spec.backbone_args == {"nf": 52, "groups": 4} and net.spec.mean[0] == 0.4488

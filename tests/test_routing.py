@@ -1,0 +1,61 @@
+"""Routing rules against hand-computed values."""
+import torch
+
+from pcsr import routing
+
+
+def test_cost_rule_k0_is_argmax_and_larger_k_is_cheaper():
+    prob = torch.tensor([[0.45, 0.55], [0.7, 0.3], [0.2, 0.8]])
+    costs = torch.tensor([1.0, 3.0])  # normalised: 0.25, 0.75
+    assert routing.cost_rule(prob, costs, 0.0).tolist() == [1, 0, 1]
+    # k=1: p/c -> [1.8, 0.733], [2.8, 0.4], [0.8, 1.067]
+    assert routing.cost_rule(prob, costs, 1.0).tolist() == [0, 0, 1]
+    # k=-1 favours the costly class: p*c -> [0.1125, 0.4125], [0.175, 0.225], ...
+    assert routing.cost_rule(prob, costs, -1.0).tolist() == [1, 1, 1]
+
+
+def test_kmeans_splits_two_groups():
+    x = torch.cat([torch.full((50,), 0.1), torch.full((10,), 0.9), torch.tensor([0.0, 1.0])])
+    high = routing.kmeans_1d(x)
+    assert high[50:60].all() and not high[:50].any() and high[-1] and not high[-2]
+
+
+def test_adaptive_is_scale_invariant_and_handles_constants():
+    p = torch.rand(30, 40)
+    a = routing.adaptive(p)
+    b = routing.adaptive(p * 0.5 + 0.2)
+    assert torch.equal(a, b)
+    assert not routing.adaptive(torch.full((4, 4), 0.3)).any()
+    # every heavy pixel has a higher probability than every light one
+    assert p[a].min() > p[~a].max()
+
+
+def test_budget_hits_the_share_within_one_pixel():
+    score = torch.rand(37, 41)
+    for frac in (0.0, 0.1, 0.333, 0.5, 1.0):
+        mask = routing.budget(score, frac)
+        assert abs(int(mask.sum()) - frac * score.numel()) <= 1
+        if 0 < mask.sum() < mask.numel():
+            assert score[mask].min() >= score[~mask].max()
+
+
+def test_refine_averages_light_pixels_next_to_heavy_ones():
+    sr = torch.arange(25, dtype=torch.float32).view(1, 1, 5, 5) ** 2
+    classes = torch.zeros(1, 5, 5, dtype=torch.long)
+    classes[0, 2, 2] = 1
+    out = routing.refine(sr, classes)
+    expected = sr.clone()
+    for y in (1, 2, 3):
+        for x in (1, 2, 3):
+            if (y, x) != (2, 2):
+                expected[0, 0, y, x] = sr[0, 0, y - 1:y + 2, x - 1:x + 2].mean()
+    assert torch.allclose(out, expected)
+
+
+def test_refine_leaves_the_outer_border_alone():
+    sr = torch.rand(1, 3, 4, 4)
+    classes = torch.zeros(1, 4, 4, dtype=torch.long)
+    classes[0, 0, 0] = 1  # heavy in the corner: only (1, 1) is an interior light neighbour
+    out = routing.refine(sr, classes)
+    changed = (out != sr).any(1)[0]
+    assert changed.nonzero().tolist() == [[1, 1]]
