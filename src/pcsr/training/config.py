@@ -87,6 +87,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "bf16"         # autocast dtype for forward passes; master weights stay fp32
     channels_last: bool = True
+    flush_denormal: bool = True     # tiny activations otherwise slow CPU arithmetic down many times
     threads: int = 0                # torch threads per process; 0 = the machine's cores / local processes
     log_every: int = 50
     checkpoint_minutes: float = 5.0
@@ -244,7 +245,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), raw: 
     cfg = from_dict(TrainConfig, data)
     if not cfg.name:
         stem = Path(path).stem if path is not None else "run"
-        cfg.name = f"{stem}-phase{cfg.phase}" if cfg.model.upsamplers else stem
+        suffix = f"-phase{cfg.phase}"
+        cfg.name = stem + suffix if cfg.model.upsamplers and not stem.endswith(suffix) else stem
     try:
         cfg.check()
     except PcsrError as e:

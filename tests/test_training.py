@@ -1,0 +1,177 @@
+"""Training: tiny models on tiny images, a few iterations each."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pcsr import weights
+from pcsr.cli import main
+from pcsr.training.config import ConfigError, TrainConfig, from_dict, load_config
+from pcsr.training.trainer import read_checkpoint, train
+
+TINY_MODEL = {"backbone": "carn", "backbone_args": {"nf": 8, "groups": 4}, "scale": 4,
+              "upsamplers": [[4], [8]], "classifier": [4], "mean": [0.45, 0.44, 0.40]}
+
+
+def _image(path, h, w, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([np.sin(xx / (3 + c) + c) * np.cos(yy / (4 + c)) for c in range(3)], -1)
+    img = np.clip((base * 0.4 + 0.5 + rng.normal(0, 0.05, base.shape)) * 255, 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "train").mkdir()
+    (root / "val").mkdir()
+    for i in range(3):
+        _image(root / "train" / f"t{i}.png", 36 + 4 * i, 40, i)
+    _image(root / "train" / "small.png", 12, 12, 9)  # smaller than a crop: left out
+    _image(root / "val" / "v0.png", 24, 28, 10)
+    return root
+
+
+def tiny(data, **over) -> dict:
+    cfg = {"seed": 1, "model": TINY_MODEL,
+           "data": {"folders": [str(data / "train")], "batch_size": 2, "lr_patch": 4},
+           "optim": {"lr": 1e-3, "iterations": 4},
+           "val": {"folders": [str(data / "val")], "every": 0, "at_end": True},
+           "log_every": 1, "precision": "bf16"}
+    for k, v in over.items():
+        node = cfg
+        *path, last = k.split("__")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return cfg
+
+
+def make(data, **over) -> TrainConfig:
+    return load_config(raw=tiny(data, **over))
+
+
+def _state(path):
+    return read_checkpoint(path)
+
+
+def test_config_errors_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {backbone: carn}\ndata: {folders: [x], batchsize: 4}\n")
+    with pytest.raises(ConfigError, match="data.batchsize"):
+        load_config(f)
+    f.write_text("model: {backbone: carn}\ndata: {folders: [x]}\n")
+    cfg = load_config(f, ["optim.lr=1e-3", "data.batch_size=8", "val.k=[0, 5]", "init_from=null"])
+    assert cfg.optim.lr == 1e-3 and cfg.data.batch_size == 8 and cfg.val.k == [0.0, 5.0] and cfg.init_from is None
+    assert cfg.name == "c"
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load_config(f, ["data.batch_size=many"])
+    with pytest.raises(ConfigError, match="nosuch"):
+        load_config(f, ["optim.nosuch=1"])
+    assert main(["train", "--config", str(f), "--set", "bogus=1"]) == 1
+
+
+def test_phase0_then_phase1_freezes_backbone_and_heavy(data, tmp_path):
+    run0 = tmp_path / "p0"
+    t0 = train(make(data), run0, progress=False)
+    log = [json.loads(line) for line in (run0 / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert any("val" in r for r in log) and (run0 / "best.safetensors").exists()
+    assert t0.sampler.skipped == 1
+    before = _state(run0 / "last.pt")["model"]
+
+    run1 = tmp_path / "p1"
+    t1 = train(make(data, phase=1, init_from=str(run0)), run1, progress=False)
+    after = {k: v.cpu() for k, v in t1.net.state_dict().items()}
+    frozen = [k for k in before if k.startswith(("backbone.", "upsamplers.1."))]
+    assert any("running_mean" in k for k in frozen)
+    for k in frozen:
+        assert torch.equal(before[k], after[k]), k
+    trained = [k for k in before if k.startswith(("classifier.", "upsamplers.0."))]
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
+    rec = [json.loads(line) for line in (run1 / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["l_avg"]) for r in rec if "loss" in r)
+    val = next(r["val"] for r in rec if "val" in r)["val"]
+    assert set(val) == {"k=0", "all-heavy"} and val["all-heavy"]["heavy_fraction"] == 1.0
+
+
+def test_resume_is_exact(data, tmp_path):
+    whole = train(make(data), tmp_path / "a", progress=False)
+    with pytest.raises(Exception, match="--resume"):
+        train(make(data), tmp_path / "a", progress=False)
+    first = train(make(data), tmp_path / "b", stop_after=2, progress=False)
+    assert first.iteration == 2 and _state(tmp_path / "b" / "last.pt")["iteration"] == 2
+    resumed = train(make(data), tmp_path / "b", resume=True, progress=False)
+    assert resumed.iteration == 4
+    a, b = _state(tmp_path / "a" / "last.pt"), _state(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[n], sb[n]) for n in sa)
+    assert torch.equal(a["rng"]["data"][0], b["rng"]["data"][0])
+    its = [json.loads(line)["it"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert its == sorted(its)
+    del whole
+
+
+def test_original_model_and_queries(data, tmp_path):
+    orig = dict(TINY_MODEL, upsamplers=[], classifier=[])
+    t = train(make(data, model=orig, precision="fp32"), tmp_path / "o", progress=False)
+    assert t.iteration == 4
+    cfg = make(data, data__scale_range=[1.0, 4.0], data__queries=16, optim__iterations=3, val__folders=[])
+    t = train(cfg, tmp_path / "q", progress=False)
+    assert t.iteration == 3
+    with pytest.raises(ConfigError):
+        make(data, model=orig, data__queries=16)
+
+
+def test_cli_train_and_export(data, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    import yaml
+    cfg.write_text(yaml.safe_dump(tiny(data, optim__iterations=2)))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 0
+    assert (run / "config.yaml").exists()
+    out = tmp_path / "m.safetensors"
+    assert main(["export", str(run), "-o", str(out), "--which", "last"]) == 0
+    net, info = weights.load(out)
+    assert info["iterations"] == 2 and "licence" in info and net.spec.upsamplers == ((4,), (8,))
+    assert main(["export", str(run), "-o", str(tmp_path / "b.safetensors")]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--set", "optim.iterations=3", "--no-progress"]) == 0
+    assert _state(run / "last.pt")["iteration"] == 3
+
+
+# ----------------------------------------------------------------------------- DDP
+def _ddp_worker(rank, port, cfg, run_dir, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from pcsr.training.distributed import cleanup
+    t = train(from_dict(TrainConfig, cfg), run_dir, progress=False)
+    torch.save({k: v.cpu() for k, v in t.net.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    cleanup(t.dist)
+
+
+def test_ddp_two_processes_keep_identical_weights(data, tmp_path):
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny(data, optim__iterations=3, val__folders=[])
+    mp.spawn(_ddp_worker, args=(port, cfg, str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    init = train(make(data, optim__iterations=1, val__folders=[]), tmp_path / "single", stop_after=0,
+                 progress=False).net.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert any(not torch.equal(a[k], init[k]) for k in a)
+    ck = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ck["iteration"] == 3 and ck["world_size"] == 2
+    assert not torch.equal(ck["rng"]["data"][0], ck["rng"]["data"][1])
