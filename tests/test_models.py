@@ -32,8 +32,8 @@ def tiny_pcsr(backbone="carn", upsamplers=((4,), (8, 8)), classifier=(4,), mean=
 def test_subpixel_path_equals_query_path(backbone, scale):
     net = tiny_pcsr(backbone)
     lr = torch.rand(2, 3, 7, 9)
-    a = net.infer(lr, scale=scale, routing_=Routing(k=0.0), path="subpixel")
-    b = net.infer(lr, scale=scale, routing_=Routing(k=0.0), path="query")
+    a = net.infer(lr, scale=scale, routing_=Routing(k=0.0), path="subpixel", return_prob=True)
+    b = net.infer(lr, scale=scale, routing_=Routing(k=0.0), path="query", return_prob=True)
     assert a.sr.shape == (2, 3, 7 * scale, 9 * scale)
     assert torch.allclose(a.prob, b.prob, atol=1e-5)
     agree = (a.classes == b.classes).float().mean()
@@ -76,7 +76,7 @@ def test_query_training_forward_matches_subpixel():
 def test_more_than_two_upsamplers():
     net = tiny_pcsr(upsamplers=((2,), (4,), (8, 8)))
     lr = torch.rand(1, 3, 6, 6)
-    res = net.infer(lr, routing_=Routing(k=0.0))
+    res = net.infer(lr, routing_=Routing(k=0.0), return_prob=True)
     assert res.prob.shape[1] == 3 and int(res.classes.max()) <= 2
     assert sum(res.counts[0]) == 24 * 24
     res = net.infer(lr, routing_=Routing(budget=0.25))

@@ -60,10 +60,10 @@ def test_pcsr_class_maps_and_images_match(official, crop, name, path):
     checked = 0
     for setting in SETTINGS:
         for refine in ("norefine", "refine"):
-            res = net.infer(lr, routing_=routing_for(setting, refine), path=path)
+            res = net.infer(lr, routing_=routing_for(setting, refine), path=path, return_prob=True)
             if setting == "k0" and refine == "norefine":
                 assert np.abs(res.prob[0, 1].numpy() - prob_ref).max() < 1e-4
-            ours = res.classes[0].numpy()
+            ours = res.classes[0].numpy().astype(np.int64)
             theirs = crop[f"{name}-pcsr/{setting}/{refine}/flag"].astype(np.int64)
             differ = ours != theirs
             assert not (differ & ~near_ties(prob_ref, net, setting)).any(), (setting, refine)

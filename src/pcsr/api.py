@@ -55,7 +55,7 @@ class Model:
                  precision: str = "fp32", name: str | None = None):
         self.device = pick_device(device)
         self.precision = "fp32" if precision == "auto" else precision
-        self.net = net.to(self.device).eval()
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.info = info or {}
         self.name = name
 
@@ -72,12 +72,14 @@ class Model:
         return self.net.spec.is_pcsr
 
     def run(self, lr: torch.Tensor, routing: Routing | None = None, scale=None, out_size=None,
-            classes: torch.Tensor | None = None) -> SRResult:
-        """LR (N, 3, h, w) float in [0, 1] -> SRResult; the one inference path under every command."""
+            classes: torch.Tensor | None = None, path: str = "auto", return_prob: bool = False) -> SRResult:
+        """LR (N, 3, h, w) float in [0, 1] -> SRResult; the one inference path under every command.
+        `path` "query" forces the reference query-based heads (PCSR models)."""
         lr = lr.to(self.device, torch.float32)
         with torch.inference_mode(), autocast(self.device, self.precision):
             if self.is_pcsr:
-                res = self.net.infer(lr, scale=scale, out_size=out_size, routing_=routing, classes=classes)
+                res = self.net.infer(lr, scale=scale, out_size=out_size, routing_=routing, classes=classes,
+                                     path=path, return_prob=return_prob)
             else:
                 res = self.net.infer(lr, scale=scale, out_size=out_size)
         res.sr = res.sr.float()

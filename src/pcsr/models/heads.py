@@ -53,8 +53,9 @@ def make_coord(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor
 class PointQueries:
     """MLP inputs for arbitrary output coordinates (N, Q, 2) and cells (N, Q, 2)."""
 
-    def __init__(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor):
+    def __init__(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, size=None):
         n, c, h, w = feat.shape
+        self.size = size  # (H, W) when the queries are a full raster grid, for to_image
         self.n, self.q = coord.shape[:2]
         self.coord = coord
         grid = coord.clamp(-1 + 1e-6, 1 - 1e-6).flip(-1).unsqueeze(1).to(feat.dtype)  # (N,1,Q,2) as (x, y)
@@ -70,8 +71,21 @@ class PointQueries:
     def rows(self) -> int:
         return self.n * self.q
 
-    def run(self, mlp: MLP, rows: torch.Tensor | None = None) -> torch.Tensor:
-        return mlp(self.inputs if rows is None else self.inputs[rows])
+    def run(self, mlp: MLP, rows: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        x = self.inputs if rows is None else self.inputs[rows]
+        return mlp(x if dtype is None else x.to(dtype))
+
+    def bilinear_image(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.to_image(self.bilinear(lr))
+
+    def to_image(self, rows: torch.Tensor) -> torch.Tensor:
+        """(rows, C) or (rows,) in raster order of an H x W query grid -> (N, C, H, W) or (N, H, W)."""
+        squeeze = rows.dim() == 1
+        img = rows.reshape(self.n, self.size[0], self.size[1], -1).permute(0, 3, 1, 2)
+        return img[:, 0] if squeeze else img
+
+    def to_rows(self, img: torch.Tensor) -> torch.Tensor:
+        return img.permute(0, 2, 3, 1).reshape(-1, img.shape[1])
 
     def bilinear(self, lr: torch.Tensor) -> torch.Tensor:
         """Bilinear sample (border padding) of the normalised LR at every query, as (N*Q, 3) rows."""
@@ -88,6 +102,9 @@ def subpixel_offsets(s: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.stack([ry, rx, cell, cell], dim=-1).reshape(s * s, 4).to(dtype)
 
 
+CHUNK_ROWS = 16 * 1024  # rows per MLP chunk: its hidden activations fit in L2 cache
+
+
 class SubpixelQueries:
     """MLP inputs for integer scale s over every output pixel, first layer split per LR pixel."""
 
@@ -101,25 +118,42 @@ class SubpixelQueries:
     def rows(self) -> int:
         return self.n * self.h * self.w * self.s * self.s
 
-    def first_layer(self, mlp: MLP) -> tuple[torch.Tensor, torch.Tensor]:
+    def first_layer(self, mlp: MLP, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-LR-pixel projection (N*h*w, H1), per-sub-pixel bias (s*s, H1))."""
         lin: nn.Linear = mlp.layers[0]
-        proj = self.feat_rows @ lin.weight[:, : self.c].t().to(self.feat_rows.dtype)
+        feat = self.feat_rows if dtype is None else self.feat_rows.to(dtype)
+        proj = feat @ lin.weight[:, : self.c].t().to(feat.dtype)
         bias = torch.addmm(lin.bias, self.offsets.to(lin.weight.dtype), lin.weight[:, self.c:].t())
         return proj, bias.to(proj.dtype)
 
-    def run(self, mlp: MLP, rows: torch.Tensor | None = None) -> torch.Tensor:
-        proj, bias = self.first_layer(mlp)
+    def run(self, mlp: MLP, rows: torch.Tensor | None = None, chunk: int = CHUNK_ROWS,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The MLP on every output pixel (rows None) or on the given rows, in cache-sized chunks:
+        the hidden activations of a chunk stay in cache instead of streaming through memory."""
+        proj, bias = self.first_layer(mlp, dtype)
         ss = self.s * self.s
-        if rows is None:
-            h1 = (proj.unsqueeze(1) + bias.unsqueeze(0)).reshape(-1, proj.shape[1])
-        else:
-            h1 = proj[rows // ss] + bias[rows % ss]
-        return mlp.after_first(h1)
+        total = self.rows if rows is None else rows.numel()
+        step = max(1, chunk // ss) * ss  # whole LR pixels per chunk
+        out = None
+        for start in range(0, total, step):
+            if rows is None:
+                h1 = (proj[start // ss:(start + step) // ss].unsqueeze(1) + bias).reshape(-1, proj.shape[1])
+            else:
+                r = rows[start:start + step]
+                h1 = proj.index_select(0, r // ss) + bias.index_select(0, r % ss)
+            y = mlp.after_first(h1)
+            if out is None:
+                out = torch.empty(total, y.shape[1], dtype=y.dtype, device=y.device)
+            out[start:start + y.shape[0]] = y
+        if out is None:
+            out = torch.empty(0, mlp.layers[-1].out_features, dtype=proj.dtype, device=proj.device)
+        return out
 
     def bilinear(self, lr: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(lr, scale_factor=self.s, mode="bilinear", align_corners=False)
-        return self.to_rows(up)
+        return self.to_rows(self.bilinear_image(lr))
+
+    def bilinear_image(self, lr: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(lr, scale_factor=self.s, mode="bilinear", align_corners=False)
 
     def to_rows(self, img: torch.Tensor) -> torch.Tensor:
         """(N, C, h*s, w*s) image -> (rows, C) in sub-pixel order."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from .. import routing
 from .backbones import Backbone, build_backbone
@@ -33,8 +34,8 @@ class Routing:
 @dataclass
 class SRResult:
     sr: torch.Tensor                  # (N, 3, H, W), mean added back, not clamped
-    classes: torch.Tensor | None      # (N, H, W) int64 class per output pixel, None for original models
-    prob: torch.Tensor | None         # (N, M, H, W) classifier probabilities (float32)
+    classes: torch.Tensor | None      # (N, H, W) uint8 class per output pixel, None for original models
+    prob: torch.Tensor | None         # (N, M, H, W) classifier probabilities (float32), when asked for
     flops: list[int]                  # per image, the paper's convention
     max_flops: list[int]              # per image, every pixel on the costliest upsampler
     counts: list[list[int]] | None    # per image, pixels per class
@@ -63,7 +64,8 @@ class OriginalSR(nn.Module):
             lr.shape[-2] * self.spec.scale, lr.shape[-1] * self.spec.scale
         ):
             raise ValueError(f"this model only upscales x{self.spec.scale}")
-        sr = self.forward(lr)
+        with record_function("backbone"):
+            sr = self.forward(lr.contiguous(memory_format=torch.channels_last)).contiguous()
         f = self.backbone.flops(lr.shape[-2], lr.shape[-1])
         return SRResult(sr, None, None, [f] * lr.shape[0], [f] * lr.shape[0], None)
 
@@ -99,7 +101,7 @@ class PCSR(nn.Module):
         n = lr_norm.shape[0]
         coord = make_coord(H, W, lr_norm.device).unsqueeze(0).expand(n, -1, -1)
         cell = torch.tensor([2.0 / H, 2.0 / W], device=lr_norm.device).expand_as(coord)
-        return PointQueries(feat, coord, cell), (H, W)
+        return PointQueries(feat, coord, cell, size=(H, W)), (H, W)
 
     def costs(self, h: int, w: int, H: int, W: int) -> torch.Tensor:
         """Per-class cost of one output pixel: its share of the backbone plus its upsampler."""
@@ -147,58 +149,74 @@ class PCSR(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
     def infer(self, lr: torch.Tensor, scale=None, out_size=None, routing_: Routing | None = None,
-              path: str = "auto", classes: torch.Tensor | None = None) -> SRResult:
-        """Route every output pixel to one upsampler. `classes` (N, H, W) overrides the routing
-        rule (tiling passes decisions made over a whole image)."""
+              path: str = "auto", classes: torch.Tensor | None = None, return_prob: bool = False) -> SRResult:
+        """Route every output pixel to one upsampler and run each upsampler on its own pixels only.
+
+        `classes` (N, H, W) imposes the class map instead of the routing rule (tiling passes decisions
+        made over a whole image). Routing works on the classifier's logits: argmax p_j / c_j^k is
+        argmax (logit_j - k log c_j), so no softmax is needed unless probabilities are asked for.
+        """
         r = routing_ or Routing()
         mean = self.mean.to(lr.dtype)
-        x = lr - mean
+        x = (lr - mean).contiguous(memory_format=torch.channels_last)
         n, _, h, w = x.shape
-        q, (H, W) = self.queries(x, scale, out_size, path)
-        subpix = isinstance(q, SubpixelQueries)
-        prob_rows = torch.softmax(q.run(self.classifier).float(), dim=-1)  # (rows, M)
-        prob = q.to_image(prob_rows) if subpix else prob_rows.view(n, H, W, -1).permute(0, 3, 1, 2)
-        if classes is None:
-            classes = self.decide(prob, r, h, w)  # (N, H, W)
-        cls_rows = q.to_rows(classes.unsqueeze(1))[:, 0] if subpix else classes.reshape(-1)
-        res = torch.empty(q.rows, 3, dtype=x.dtype, device=x.device)
-        counts = []
-        for j, u in enumerate(self.upsamplers):
-            rows = torch.nonzero(cls_rows == j).squeeze(1)
-            if rows.numel():
-                res[rows] = q.run(u, rows).to(res.dtype)
-        per_image = cls_rows.view(n, -1)
-        counts = [[int((per_image[i] == j).sum()) for j in range(self.num_classes)] for i in range(n)]
-        res += q.bilinear(x).to(res.dtype)
-        sr = q.to_image(res) if subpix else res.view(n, H, W, 3).permute(0, 3, 1, 2)
-        if r.refine:
-            sr = routing.refine(sr, classes)
-        sr = sr + mean
+        with record_function("backbone"):
+            q, (H, W) = self.queries(x, scale, out_size, path)
+        with record_function("classifier"), torch.autocast(x.device.type, enabled=False):
+            # in fp32 even under autocast: reduced precision moves many near-tie pixels between classes
+            logits = q.run(self.classifier, dtype=torch.float32)  # (rows, M), rows image-major
+        with record_function("routing"):
+            if classes is not None:
+                cls_rows = q.to_rows(classes.unsqueeze(1))[:, 0].to(torch.uint8)
+            else:
+                cls_rows = self.route_rows(logits, r, n, h, w, H, W)
+            res = torch.empty(q.rows, 3, dtype=torch.float32, device=x.device)
+            picked = [torch.nonzero(cls_rows == j).squeeze(1) for j in range(self.num_classes)]
+        for j, (u, rows) in enumerate(zip(self.upsamplers, picked)):
+            with record_function(f"upsampler{j}"):
+                if rows.numel():
+                    res.index_copy_(0, rows, q.run(u, rows).float())
+        with record_function("assemble"):
+            counts = [[int(v) for v in c] for c in torch.stack(
+                [(cls_rows.view(n, -1) == j).sum(1) for j in range(self.num_classes)], 1).tolist()]
+            sr = q.to_image(res) + q.bilinear_image(x).float()
+            cls_img = q.to_image(cls_rows)
+            if r.refine:
+                sr = routing.refine(sr, cls_img)
+            sr = sr + self.mean
+        prob = q.to_image(torch.softmax(logits, -1)) if return_prob else None
         flops = [self.count_flops(h, w, c) for c in counts]
         max_flops = [self.count_flops(h, w, [0] * (self.num_classes - 1) + [H * W])] * n
-        return SRResult(sr, classes, prob, flops, max_flops, counts)
+        return SRResult(sr, cls_img, prob, flops, max_flops, counts)
 
-    def decide(self, prob: torch.Tensor, r: Routing, h: int, w: int) -> torch.Tensor:
-        """(N, M, H, W) probabilities -> (N, H, W) classes, by the routing rule, per image."""
-        H, W = prob.shape[-2:]
-        costs = self.costs(h, w, H, W)
-        p = prob.permute(0, 2, 3, 1)
+    @torch.inference_mode()
+    def heavy_prob(self, lr: torch.Tensor, scale=None, out_size=None) -> torch.Tensor:
+        """(N, H, W) float32 probability of the costliest class: backbone and classifier only."""
+        x = (lr - self.mean.to(lr.dtype)).contiguous(memory_format=torch.channels_last)
+        q, _ = self.queries(x, scale, out_size)
+        return q.to_image(torch.softmax(q.run(self.classifier).float(), -1)[:, -1])
+
+    def route_rows(self, logits: torch.Tensor, r: Routing, n: int, h: int, w: int, H: int, W: int) -> torch.Tensor:
+        """(rows, M) logits, image-major rows -> (rows,) uint8 classes by the routing rule."""
+        m = self.num_classes
         if not (r.adaptive or r.budget is not None):
-            return routing.cost_rule(p, costs, r.k)
-        heavy = self.num_classes - 1
+            costs = self.costs(h, w, H, W)
+            shift = (r.k * torch.log(costs / costs.sum())).to(logits.device, torch.float32)
+            if m == 2:  # p1/c1^k > p0/c0^k, ties to the cheaper class as argmax does
+                return ((logits[:, 1] - logits[:, 0]) > (shift[1] - shift[0])).to(torch.uint8)
+            return torch.argmax(logits - shift, dim=-1).to(torch.uint8)
+        heavy = m - 1
+        prob = torch.softmax(logits, -1).view(n, H * W, m)
         out = []
-        for i in range(prob.shape[0]):
+        for i in range(n):
             if r.adaptive:
-                mask = routing.adaptive(p[i, ..., heavy])
+                mask = routing.adaptive(prob[i, :, heavy])
             else:
-                frac = r.budget
-                if r.budget_of == "flops":
-                    frac = self.heavy_share_for_flops(h, w, H * W, r.budget)
-                mask = routing.budget(p[i, ..., heavy], frac)
-            # pixels not sent to the costliest class take the best of the cheaper ones (M > 2)
-            rest = torch.argmax(p[i, ..., :heavy], dim=-1) if heavy > 1 else torch.zeros_like(mask, dtype=torch.long)
+                frac = r.budget if r.budget_of == "pixels" else self.heavy_share_for_flops(h, w, H * W, r.budget)
+                mask = routing.budget(prob[i, :, heavy], frac)
+            rest = torch.argmax(prob[i, :, :heavy], dim=-1) if heavy > 1 else torch.zeros_like(mask, dtype=torch.long)
             out.append(torch.where(mask, torch.full_like(rest, heavy), rest))
-        return torch.stack(out)
+        return torch.cat(out).to(torch.uint8)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

@@ -1,0 +1,109 @@
+"""`pcsr bench`: wall time of models in one process, after a warm-up, on one image.
+
+Times the same `Model.run` path that `pcsr upscale` and `pcsr eval` use. With --profile, a
+breakdown by stage (backbone, classifier, routing, each upsampler, assembly) from the
+`record_function` labels inside the models.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import torch
+
+from .errors import PcsrError
+
+
+def add_parser(sub):
+    p = sub.add_parser("bench", help="median wall time, megapixels/s and FLOPs of models on one image",
+                       description="Runs each model on one image (after a warm-up) and reports the median "
+                                   "wall time, output megapixels per second, FLOPs and heavy fraction.")
+    p.add_argument("--model", action="append", required=True, help="model name or path (repeatable)")
+    p.add_argument("-i", "--input", required=True, help="input image (taken as the LR input)")
+    p.add_argument("--from-hr", action="store_true",
+                   help="treat the image as HR: bench on its MATLAB-bicubic downscale by the model's scale")
+    p.add_argument("--precision", action="append", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision (repeatable; default fp32)")
+    p.add_argument("-k", "--k", type=float, default=0.0, help="cost-rule k (default 0)")
+    p.add_argument("--reference", action="store_true", help="also time the query-based path (PCSR models)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per setting (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--profile", action="store_true", help="print where the time goes, per stage")
+    p.add_argument("--json", action="store_true", help="one JSON object per row")
+    p.set_defaults(func=run)
+
+
+def _lr(path: str, scale: int, from_hr: bool) -> torch.Tensor:
+    from .evaluate import hr_tensor, make_lr
+    img = hr_tensor(path)
+    return (make_lr(img, scale)[1] if from_hr else img).unsqueeze(0)
+
+
+def time_model(model, lr, routing, repeat: int, path: str = "auto"):
+    """(median seconds, last result): one warm-up run, then `repeat` timed runs."""
+    kwargs = {"path": path} if model.is_pcsr else {}
+    model.run(lr, routing, **kwargs)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        res = model.run(lr, routing, **kwargs)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), res
+
+
+def stage_profile(model, lr, routing, path: str = "auto") -> dict[str, float]:
+    """Seconds per labelled stage of one run."""
+    from torch.profiler import ProfilerActivity, profile
+    kwargs = {"path": path} if model.is_pcsr else {}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        model.run(lr, routing, **kwargs)
+        total = time.perf_counter() - t0
+    stages = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages()
+              if e.key in ("backbone", "classifier", "routing", "assemble") or e.key.startswith("upsampler")}
+    stages["total"] = total
+    return stages
+
+
+def run(args) -> int:
+    from . import api
+    from .models.pcsr import Routing
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.repeat < 1:
+        raise PcsrError("--repeat must be at least 1")
+    routing = Routing(k=args.k)
+    rows = []
+    for name in args.model:
+        for prec in args.precision or ["fp32"]:
+            model = api.load(name, device=args.device, precision=prec)
+            lr = _lr(args.input, model.scale, args.from_hr)
+            paths = ["auto"] + (["query"] if args.reference and model.is_pcsr else [])
+            for path in paths:
+                sec, res = time_model(model, lr, routing, args.repeat, path)
+                out_px = res.sr.shape[-2] * res.sr.shape[-1]
+                heavy = None if res.counts is None else res.counts[0][-1] / sum(res.counts[0])
+                row = {"model": name, "precision": model.precision, "path": "query" if path == "query" else "fast",
+                       "input": f"{lr.shape[-1]}x{lr.shape[-2]}", "output": f"{res.sr.shape[-1]}x{res.sr.shape[-2]}",
+                       "seconds": sec, "mpix_per_s": out_px / sec / 1e6, "gflops": res.flops[0] / 1e9,
+                       "max_gflops": res.max_flops[0] / 1e9, "heavy_fraction": heavy,
+                       "threads": torch.get_num_threads(), "device": str(model.device)}
+                if args.profile:
+                    row["stages"] = stage_profile(model, lr, routing, path)
+                rows.append(row)
+                if args.json:
+                    print(json.dumps(row), flush=True)
+    if not args.json:
+        print(f"{'model':34s} {'prec':5s} {'path':5s} {'output':>10s} {'median s':>9s} {'MP/s':>6s} "
+              f"{'GFLOPs':>8s} {'heavy':>6s}")
+        for r in rows:
+            hf = "" if r["heavy_fraction"] is None else f"{r['heavy_fraction'] * 100:5.1f}%"
+            print(f"{r['model'][-34:]:34s} {r['precision']:5s} {r['path']:5s} {r['output']:>10s} "
+                  f"{r['seconds']:9.3f} {r['mpix_per_s']:6.2f} {r['gflops']:8.2f} {hf:>6s}")
+            if "stages" in r:
+                print("    " + "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in r["stages"].items()))
+    return 0
