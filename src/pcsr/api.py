@@ -21,6 +21,29 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively: AMX / AVX512-BF16 CPUs, or CUDA with bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def choose_precision(device: torch.device, info: dict) -> str:
+    """`--precision auto`: a reduced precision only where it was measured to cost at most 0.01 dB and
+    1 % of the FLOPs for this model (`info["reduced_precision_ok"]`, written by benchmarks/precision.py),
+    and only where the hardware runs it fast; fp32 otherwise."""
+    ok = info.get("reduced_precision_ok", [])
+    if device.type == "cuda" and "fp16" in ok:
+        return "fp16"
+    if "bf16" in ok and fast_bf16(device):
+        return "bf16"
+    return "fp32"
+
+
 def autocast(device: torch.device, precision: str):
     """Reduced precision by autocast (weights stay fp32); fp32 is a no-op context."""
     if precision in ("fp32", "auto"):
@@ -54,9 +77,10 @@ class Model:
     def __init__(self, net: torch.nn.Module, info: dict | None = None, device: str = "auto",
                  precision: str = "fp32", name: str | None = None):
         self.device = pick_device(device)
-        self.precision = "fp32" if precision == "auto" else precision
-        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.info = info or {}
+        self.precision = choose_precision(self.device, self.info) if precision == "auto" else precision
+        autocast(self.device, self.precision)  # validates the name and the device early
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.name = name
 
     @property
@@ -108,7 +132,7 @@ def _as_rgb_array(image) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def load(name_or_path=None, device: str = "auto", precision: str = "fp32") -> Model:
+def load(name_or_path=None, device: str = "auto", precision: str = "auto") -> Model:
     """A bundled model name (default: the bundled default), a .safetensors file, or a reference .pth."""
     net, info = weights.load(name_or_path)
     return Model(net, info, device=device, precision=precision, name=str(name_or_path or weights.DEFAULT_MODEL))
