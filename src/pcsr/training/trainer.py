@@ -74,6 +74,37 @@ def load_init_state(src: str) -> dict:
     return read_checkpoint(p)["model"]
 
 
+class CosineSchedule:
+    """Cosine annealing from `base` to `floor` over `total` iterations, in closed form of the step
+    count, so that a resumed run with a longer (or shorter) `optim.iterations` follows the new curve."""
+
+    def __init__(self, opt: torch.optim.Optimizer, base: float, floor: float, total: int):
+        self.opt, self.base, self.floor, self.total, self.steps = opt, base, floor, total, 0
+        self._apply()
+
+    def lr(self, t: int) -> float:
+        t = min(t, self.total)
+        return self.floor + (self.base - self.floor) * (1 + math.cos(math.pi * t / self.total)) / 2
+
+    def _apply(self) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr(self.steps)
+
+    def step(self) -> None:
+        self.steps += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [self.lr(self.steps)]
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "base": self.base, "floor": self.floor, "total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self._apply()
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
                  progress: bool = True):
@@ -107,8 +138,7 @@ class Trainer:
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                     weight_decay=cfg.optim.weight_decay)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.optim.iterations,
-                                                                eta_min=cfg.optim.min_lr)
+        self.sched = CosineSchedule(self.opt, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.iterations)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.model = self.net
         if self.dist.enabled:
@@ -175,7 +205,7 @@ class Trainer:
     def _restore(self, ck: dict) -> None:
         self.net.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
-        self.sched.load_state_dict(ck["scheduler"])
+        self.sched.load_state_dict(ck["scheduler"])  # the config's schedule wins: a run may be lengthened
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         self.iteration, self.wall = int(ck["iteration"]), float(ck["wall_time"])
