@@ -175,3 +175,18 @@ def test_ddp_two_processes_keep_identical_weights(data, tmp_path):
     ck = read_checkpoint(tmp_path / "run" / "last.pt")
     assert ck["iteration"] == 3 and ck["world_size"] == 2
     assert not torch.equal(ck["rng"]["data"][0], ck["rng"]["data"][1])
+
+
+def test_cosine_schedule_and_average_loss():
+    from pcsr.training.losses import average_loss
+    from pcsr.training.trainer import CosineSchedule
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = CosineSchedule(opt, 2e-4, 1e-7, 10)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-4)
+    for _ in range(10):
+        s.step()
+    assert s.get_last_lr()[0] == pytest.approx(1e-7)
+    even = torch.full((2, 2, 3, 3), 0.5)
+    assert float(average_loss(even, 1)) == 0.0
+    heavy = torch.stack([torch.zeros(2, 3, 3), torch.ones(2, 3, 3)], 1)
+    assert float(average_loss(heavy, 1)) == pytest.approx(1.0)
