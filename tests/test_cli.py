@@ -54,7 +54,7 @@ def test_errors_are_one_line(tmp_path, hr_folder, capsys):
     assert main(["eval", "--model", str(model), "--data", str(empty)]) == 1
     assert "no images" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main(["eval", "--data", str(hr_folder), "-k", "1", "--adaptive"])
+        main(["eval", "--data", str(hr_folder), "-k", "one"])  # (-k 1 --adaptive is a sweep now)
     assert e.value.code == 2
 
 
