@@ -5,7 +5,6 @@ Classes are ordered by cost, 0 the cheapest. `prob` has the class on its last di
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def cost_rule(prob: torch.Tensor, costs: torch.Tensor, k: float) -> torch.Tensor:
@@ -61,15 +60,23 @@ def budget(score: torch.Tensor, fraction: float) -> torch.Tensor:
 def refine(sr: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Smooth the seams: a pixel with a costlier class among its 8 neighbours takes the 3x3 mean.
 
-    sr (N, C, H, W), classes (N, H, W). The outermost rows and columns are left alone.
+    sr (N, C, H, W), classes (N, H, W). The outermost rows and columns are left alone. Only the
+    target pixels (a minority) are averaged, from the unrefined values.
     """
-    if sr.shape[-1] < 3 or sr.shape[-2] < 3:
+    n, c, h, w = sr.shape
+    if h < 3 or w < 3:
         return sr
-    cls = classes.to(sr.dtype if sr.is_floating_point() else torch.float32).unsqueeze(1)
-    neigh_max = F.max_pool2d(cls, 3, stride=1)  # (N,1,H-2,W-2), interior only
-    target = neigh_max > cls[..., 1:-1, 1:-1]
-    mean = F.avg_pool2d(sr, 3, stride=1)
+    cls = classes if classes.dtype == torch.uint8 else classes.to(torch.int64)
+    rows = torch.maximum(torch.maximum(cls[:, :, :-2], cls[:, :, 1:-1]), cls[:, :, 2:])
+    neigh = torch.maximum(torch.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+    targets = neigh > cls[:, 1:-1, 1:-1]
     out = sr.clone()
-    inner = out[..., 1:-1, 1:-1]
-    out[..., 1:-1, 1:-1] = torch.where(target, mean, inner)
+    for i in range(n):
+        y, x = torch.nonzero(targets[i], as_tuple=True)
+        centre = (y + 1) * w + (x + 1)
+        flat = sr[i].reshape(c, h * w)
+        acc = flat.index_select(1, centre - w - 1)
+        for off in (-w, -w + 1, -1, 0, 1, w - 1, w, w + 1):
+            acc += flat.index_select(1, centre + off)
+        out[i].view(c, h * w).index_copy_(1, centre, acc / 9)
     return out

@@ -78,6 +78,10 @@ class PointQueries:
     def bilinear_image(self, lr: torch.Tensor) -> torch.Tensor:
         return self.to_image(self.bilinear(lr))
 
+    def select(self, cls_rows: torch.Tensor, j: int):
+        rows = torch.nonzero(cls_rows == j).squeeze(1)
+        return rows, rows
+
     def to_image(self, rows: torch.Tensor) -> torch.Tensor:
         """(rows, C) or (rows,) in raster order of an H x W query grid -> (N, C, H, W) or (N, H, W)."""
         squeeze = rows.dim() == 1
@@ -102,7 +106,31 @@ def subpixel_offsets(s: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.stack([ry, rx, cell, cell], dim=-1).reshape(s * s, 4).to(dtype)
 
 
-CHUNK_ROWS = 16 * 1024  # rows per MLP chunk: its hidden activations fit in L2 cache
+CHUNK_ROWS = 8 * 1024  # rows per MLP chunk: its hidden activations stay in L2 cache
+
+
+def _linear_relu(h, w, b):
+    return torch.addmm(b, h, w.t()).relu_()
+
+
+def _mkldnn_linear_relu(h, w, b):
+    return torch.ops.mkldnn._linear_pointwise(h, w, b, "relu", [], "")
+
+
+def fused_linear_relu(like: torch.Tensor):
+    """Linear + ReLU in one oneDNN call where this torch build has it (CPU), else addmm + relu_.
+    A private op of torch: used when it works, never required."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if like.device.type != "cpu" or op is None or not torch.backends.mkldnn.is_available():
+        return _linear_relu
+    try:
+        probe = torch.ones(2, 3, dtype=like.dtype)
+        if not torch.equal(_mkldnn_linear_relu(probe, -torch.eye(3, dtype=like.dtype), torch.ones(3, dtype=like.dtype)),
+                           torch.zeros(2, 3, dtype=like.dtype)):
+            return _linear_relu
+    except (RuntimeError, NotImplementedError):
+        return _linear_relu
+    return _mkldnn_linear_relu
 
 
 class SubpixelQueries:
@@ -126,27 +154,63 @@ class SubpixelQueries:
         bias = torch.addmm(lin.bias, self.offsets.to(lin.weight.dtype), lin.weight[:, self.c:].t())
         return proj, bias.to(proj.dtype)
 
-    def run(self, mlp: MLP, rows: torch.Tensor | None = None, chunk: int = CHUNK_ROWS,
-            dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The MLP on every output pixel (rows None) or on the given rows, in cache-sized chunks:
-        the hidden activations of a chunk stay in cache instead of streaming through memory."""
-        proj, bias = self.first_layer(mlp, dtype)
+    def run(self, mlp: MLP, rows=None, chunk: int = CHUNK_ROWS, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The MLP on every output pixel (rows None) or on some: `rows` is a 1-D tensor of row indices
+        or a pair (LR pixel index, sub-pixel index). With autograd on (training) this is plain
+        module calls; otherwise the fast path: weights cast once, chunks whose hidden activations
+        stay in cache, in-place ReLUs, no autocast bookkeeping per operation."""
+        if torch.is_grad_enabled():
+            return self._run_modules(mlp, rows)
+        if dtype is None:
+            dev = self.feat_rows.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.feat_rows.dtype
+        with torch.autocast(self.feat_rows.device.type, enabled=False):
+            return self._run_fast(mlp, rows, chunk, dtype)
+
+    def select(self, cls_rows: torch.Tensor, j: int):
+        """Rows of class j: (row indices, (LR pixel index, sub-pixel index)), without divisions."""
         ss = self.s * self.s
-        total = self.rows if rows is None else rows.numel()
-        step = max(1, chunk // ss) * ss  # whole LR pixels per chunk
-        out = None
+        pairs = torch.nonzero(cls_rows.view(-1, ss) == j).t()
+        return pairs[0] * ss + pairs[1], (pairs[0].contiguous(), pairs[1].contiguous())
+
+    def _split_rows(self, rows):
+        if isinstance(rows, tuple):
+            return rows
+        ss = self.s * self.s
+        return rows // ss, rows % ss
+
+    def _run_modules(self, mlp: MLP, rows) -> torch.Tensor:
+        proj, bias = self.first_layer(mlp)
+        if rows is None:
+            h1 = (proj.unsqueeze(1) + bias.unsqueeze(0)).reshape(-1, proj.shape[1])
+        else:
+            lr_idx, sub_idx = self._split_rows(rows)
+            h1 = proj[lr_idx] + bias[sub_idx]
+        return mlp.after_first(h1)
+
+    def _run_fast(self, mlp: MLP, rows, chunk: int, dtype: torch.dtype) -> torch.Tensor:
+        proj, bias = self.first_layer(mlp, dtype)
+        layers = [(m.weight.to(dtype), m.bias.to(dtype)) for m in mlp.layers[1:] if isinstance(m, nn.Linear)]
+        linear_relu = fused_linear_relu(proj)
+        ss = self.s * self.s
+        if rows is not None:
+            lr_idx, sub_idx = self._split_rows(rows)
+        total = self.rows if rows is None else lr_idx.numel()
+        out = torch.empty(total, layers[-1][0].shape[0] if layers else proj.shape[1], dtype=dtype, device=proj.device)
+        step = max(1, chunk // ss) * ss  # whole LR pixels per chunk when every row is wanted
         for start in range(0, total, step):
             if rows is None:
-                h1 = (proj[start // ss:(start + step) // ss].unsqueeze(1) + bias).reshape(-1, proj.shape[1])
+                h = (proj[start // ss:(start + step) // ss].unsqueeze(1) + bias).view(-1, proj.shape[1])
             else:
-                r = rows[start:start + step]
-                h1 = proj.index_select(0, r // ss) + bias.index_select(0, r % ss)
-            y = mlp.after_first(h1)
-            if out is None:
-                out = torch.empty(total, y.shape[1], dtype=y.dtype, device=y.device)
-            out[start:start + y.shape[0]] = y
-        if out is None:
-            out = torch.empty(0, mlp.layers[-1].out_features, dtype=proj.dtype, device=proj.device)
+                h = proj.index_select(0, lr_idx[start:start + step])
+                h += bias.index_select(0, sub_idx[start:start + step])
+            if layers:
+                h.relu_()
+            for w, b in layers[:-1]:
+                h = linear_relu(h, w, b)
+            if layers:
+                h = torch.addmm(layers[-1][1], h, layers[-1][0].t())
+            out[start:start + h.shape[0]] = h
         return out
 
     def bilinear(self, lr: torch.Tensor) -> torch.Tensor:

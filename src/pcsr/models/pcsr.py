@@ -171,19 +171,18 @@ class PCSR(nn.Module):
             else:
                 cls_rows = self.route_rows(logits, r, n, h, w, H, W)
             res = torch.empty(q.rows, 3, dtype=torch.float32, device=x.device)
-            picked = [torch.nonzero(cls_rows == j).squeeze(1) for j in range(self.num_classes)]
-        for j, (u, rows) in enumerate(zip(self.upsamplers, picked)):
+            picked = [q.select(cls_rows, j) for j in range(self.num_classes)]
+        for j, (u, (rows, split)) in enumerate(zip(self.upsamplers, picked)):
             with record_function(f"upsampler{j}"):
                 if rows.numel():
-                    res.index_copy_(0, rows, q.run(u, rows).float())
+                    res.index_copy_(0, rows, q.run(u, split).float())
         with record_function("assemble"):
-            counts = [[int(v) for v in c] for c in torch.stack(
-                [(cls_rows.view(n, -1) == j).sum(1) for j in range(self.num_classes)], 1).tolist()]
-            sr = q.to_image(res) + q.bilinear_image(x).float()
+            counts = [torch.bincount(c, minlength=self.num_classes).tolist() for c in cls_rows.view(n, -1)]
+            # bilinear(x) + mean = bilinear(lr): the mean rides on the bilinear base for free
+            sr = q.to_image(res).add_(q.bilinear_image(lr.to(x.dtype)).float())
             cls_img = q.to_image(cls_rows)
             if r.refine:
                 sr = routing.refine(sr, cls_img)
-            sr = sr + self.mean
         prob = q.to_image(torch.softmax(logits, -1)) if return_prob else None
         flops = [self.count_flops(h, w, c) for c in counts]
         max_flops = [self.count_flops(h, w, [0] * (self.num_classes - 1) + [H * W])] * n
