@@ -42,6 +42,7 @@ def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) ->
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a model file is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
