@@ -54,6 +54,7 @@ class PointQueries:
     """MLP inputs for arbitrary output coordinates (N, Q, 2) and cells (N, Q, 2)."""
 
     def __init__(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, size=None):
+        feat = feat.float()  # coordinates need fp32 even when the backbone ran in reduced precision
         n, c, h, w = feat.shape
         self.size = size  # (H, W) when the queries are a full raster grid, for to_image
         self.n, self.q = coord.shape[:2]
