@@ -381,6 +381,8 @@ def write_image(
     Gray modes store ITU-R 601 luma, which returns the gray itself for a gray source.
     What a format cannot hold is dropped rather than refused: alpha for JPEG/BMP,
     16 bits for JPEG/WebP/BMP, gray for WebP (written as RGB).
+    uint8/uint16 arrays are taken as samples on their full scale (0..255, 0..65535), so a
+    large result can be kept and written as integers, never as a float copy four times larger.
     """
     path = Path(path)
     fmt = _FORMAT_BY_EXTENSION.get(path.suffix.lower())
@@ -417,7 +419,8 @@ def write_image(
     channels = [_luma(rgb)[..., None]] if gray else [rgb]
     if alpha is not None:
         channels.append(alpha[..., None])
-    pixels = _quantize(np.concatenate(channels, axis=2) if len(channels) > 1 else channels[0], top)
+    quantized = [_quantize(c, top) for c in channels]  # before concatenating: inputs may mix dtypes
+    pixels = np.concatenate(quantized, axis=2) if len(quantized) > 1 else quantized[0]
 
     if bits == 16 and fmt == "PNG":
         writer = functools.partial(_write_png16, pixels=pixels, icc=icc_profile, exif=exif)
@@ -445,11 +448,23 @@ def _as_rgb(rgb) -> np.ndarray:
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
+    full = _integer_top(rgb)
     rgb = rgb.astype(np.float32, copy=False)
-    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    luma = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    return luma if full is None else luma / np.float32(full)
+
+
+def _integer_top(values: np.ndarray) -> int | None:
+    return int(np.iinfo(values.dtype).max) if values.dtype in (np.uint8, np.uint16) else None
 
 
 def _quantize(values: np.ndarray, top: float) -> np.ndarray:
+    target = np.uint16 if top > 255 else np.uint8
+    if values.dtype == target:
+        return values  # already samples at the depth being written
+    full = _integer_top(values)
+    if full is not None:
+        values = values.astype(np.float32) / np.float32(full)
     values = np.nan_to_num(values.astype(np.float32, copy=False), nan=0.0)
     scaled = np.rint(np.clip(values, 0.0, 1.0) * np.float32(top))
     return scaled.astype(np.uint16 if top > 255 else np.uint8)

@@ -1,0 +1,370 @@
+"""Upscaling an image of any size in bounded memory: tiles of the LR image with context.
+
+Every tile is the LR pixels it owns plus `context` LR pixels on each side (the backbone's
+receptive radius, and 2 more for the bilinear residual and the refinement, which looks at the
+neighbouring output pixel). The network sees the tile with its context; only the owned output
+pixels are kept, so the stitched result is the untiled one up to float rounding.
+
+The whole image stays in host memory (the result already quantized to 8 or 16 bits); only
+tiles go to the device. Routing that depends on the whole image (adaptive k-means, budget) is
+decided over the whole image: a first pass gathers the classifier's probabilities from every
+tile, the decision is made once, and the second pass imposes each tile's part of the class map.
+"""
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import routing as rt
+from .api import Model, autocast
+from .errors import PcsrError
+from .models.pcsr import Routing
+from .resize import imresize
+
+MIN_TILE = 16                 # LR pixels; below this the context dwarfs the tile
+CPU_BUDGET_CAP = 3 << 29      # 1.5 GiB of working memory per tile on a CPU
+CPU_SHARE = 0.25              # of MemAvailable, leaving room for other processes
+CUDA_SHARE = 0.6              # of the device's free memory
+DEFAULT_BUDGET = 1 << 30      # when free memory cannot be read
+
+
+# ----------------------------------------------------------------------------- planning
+@dataclass(frozen=True)
+class Tile:
+    """An owned LR region [y0, y1) x [x0, x1) and the region the network sees (with context)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    py0: int
+    py1: int
+    px0: int
+    px1: int
+
+    @property
+    def size(self) -> int:
+        return max(self.y1 - self.y0, self.x1 - self.x0)
+
+
+def _cuts(n: int, tile: int) -> list[int]:
+    """Nearly equal parts of at most `tile`, so no thin sliver is left at the end."""
+    parts = max(1, math.ceil(n / tile))
+    return [i * n // parts for i in range(parts + 1)]
+
+
+def plan_tiles(h: int, w: int, tile: int, context: int, region: tuple[int, int, int, int] | None = None
+               ) -> list[Tile]:
+    """Tiles of at most `tile` LR pixels a side covering `region` (y0, y1, x0, x1; default the image)."""
+    ry0, ry1, rx0, rx1 = region or (0, h, 0, w)
+    ys, xs = _cuts(ry1 - ry0, tile), _cuts(rx1 - rx0, tile)
+    tiles = []
+    for a, b in zip(ys, ys[1:]):
+        for c, d in zip(xs, xs[1:]):
+            y0, y1, x0, x1 = ry0 + a, ry0 + b, rx0 + c, rx0 + d
+            tiles.append(Tile(y0, y1, x0, x1, max(0, y0 - context), min(h, y1 + context),
+                              max(0, x0 - context), min(w, x1 + context)))
+    return tiles
+
+
+def required_context(model: Model) -> int:
+    return int(model.net.backbone.receptive_radius) + 2
+
+
+# ----------------------------------------------------------------------------- memory
+def bytes_per_lr_pixel(model: Model) -> int:
+    """A deliberately high estimate of the working memory per LR pixel of a tile.
+
+    Measured on a CPU at x4, whole tiles (PCSR all heavy): CARN-PCSR 4.1 KB (this gives 5.1),
+    FSRCNN-PCSR 2.0 KB (4.9), CARN 9.9 KB (14.3), FSRCNN 0.8 KB (3.1). The PCSR heads run in
+    chunks, so their cost per output pixel is a few maps (logits, classes, residual, refinement),
+    not their hidden widths. The out-of-memory retry covers any shortfall.
+    """
+    net, s = model.net, model.scale
+    if model.is_pcsr:
+        return 48 * net.backbone.out_channels + s * s * (8 * net.num_classes + 144)
+    convs = [m for m in net.backbone.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    widest = max((m.out_channels for m in convs), default=64)
+    return 2 * widest * (12 + s * s)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes where the tiles will run; None when it cannot be read (psutil is not a dependency)."""
+    if device.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free)
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def auto_tile(model: Model, context: int) -> int:
+    """The owned tile side (LR pixels) whose tile with context fits the memory budget."""
+    free = available_memory(model.device)
+    if free is None:
+        budget = DEFAULT_BUDGET
+    elif model.device.type == "cuda":
+        budget = free * CUDA_SHARE
+    else:
+        budget = min(free * CPU_SHARE, CPU_BUDGET_CAP)
+    side = int(math.sqrt(budget / bytes_per_lr_pixel(model))) - 2 * context
+    return max(MIN_TILE, side)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class Tiled:
+    """A stitched result: integer samples in host memory and the FLOPs of the untiled run."""
+
+    pixels: np.ndarray            # (H, W, 3), or (H, W, 1) luma for gray; uint8 or uint16
+    alpha: np.ndarray | None      # (H, W) same dtype, alpha upscaled with MATLAB bicubic
+    classes: np.ndarray | None    # (H, W) uint8, 0 = cheapest upsampler; None for original models
+    flops: int
+    max_flops: int
+    counts: list[int] | None      # output pixels per class
+    tile: int                     # owned tile side used at the end (after any halving); 0 = untiled
+    tiles: int                    # tiles run (per pass)
+
+    @property
+    def heavy_fraction(self) -> float | None:
+        if not self.counts:
+            return None
+        return self.counts[-1] / max(1, sum(self.counts))
+
+
+class _Sink:
+    """Where the owned part of every tile lands, quantized on the device before the copy back."""
+
+    def __init__(self, model: Model, h: int, w: int, bits: int, gray: bool, alpha: torch.Tensor | None):
+        s = model.scale
+        self.model, self.s, self.gray = model, s, gray
+        self.top = 65535.0 if bits == 16 else 255.0
+        self.dtype = np.uint16 if bits == 16 else np.uint8
+        H, W = h * s, w * s
+        try:
+            self.pixels = np.empty((H, W, 1 if gray else 3), dtype=self.dtype)
+            self.alpha_in = alpha
+            self.alpha = None if alpha is None else np.empty((H, W), dtype=self.dtype)
+            self.classes = np.empty((H, W), dtype=np.uint8) if model.is_pcsr else None
+        except MemoryError:
+            raise PcsrError(f"not enough memory for a {W}x{H} result") from None
+        self.flops = self.max_flops = 0
+        self.counts = [0] * model.net.num_classes if model.is_pcsr else None
+
+    def _quantize(self, x: torch.Tensor) -> np.ndarray:
+        q = x.clamp(0, 1).mul_(self.top).round_()
+        q = q.to(torch.uint8) if self.top == 255.0 else q.to(torch.int32)
+        return q.cpu().numpy().astype(self.dtype, copy=False)
+
+    @torch.inference_mode()
+    def put(self, t: Tile, sr: torch.Tensor, classes: torch.Tensor | None) -> None:
+        """sr (3, Ht, Wt) and classes (Ht, Wt) of the tile with its context."""
+        s = self.s
+        oy, ox = (t.y0 - t.py0) * s, (t.x0 - t.px0) * s
+        hh, ww = (t.y1 - t.y0) * s, (t.x1 - t.x0) * s
+        Y, X = t.y0 * s, t.x0 * s
+        own = sr[:, oy:oy + hh, ox:ox + ww].float()
+        if self.gray:  # ITU-R 601 luma, as imageio writes gray
+            own = (0.299 * own[0] + 0.587 * own[1] + 0.114 * own[2]).unsqueeze(0)
+        self.pixels[Y:Y + hh, X:X + ww] = self._quantize(own).transpose(1, 2, 0)
+        if self.alpha is not None:
+            crop = self.alpha_in[t.py0:t.py1, t.px0:t.px1].unsqueeze(0).float()
+            up = imresize(crop, scale=s)[0, oy:oy + hh, ox:ox + ww]
+            self.alpha[Y:Y + hh, X:X + ww] = self._quantize(up)
+        net, h_own, w_own = self.model.net, t.y1 - t.y0, t.x1 - t.x0
+        if classes is None:
+            f = net.backbone.flops(h_own, w_own)
+            self.flops += f
+            self.max_flops += f
+            return
+        own_cls = classes[oy:oy + hh, ox:ox + ww].to(torch.uint8)
+        self.classes[Y:Y + hh, X:X + ww] = own_cls.cpu().numpy()
+        counts = torch.bincount(own_cls.flatten().long(), minlength=net.num_classes).tolist()
+        self.counts = [a + b for a, b in zip(self.counts, counts)]
+        self.flops += net.count_flops(h_own, w_own, counts)
+        self.max_flops += net.count_flops(h_own, w_own, [0] * (net.num_classes - 1) + [hh * ww])
+
+
+# ----------------------------------------------------------------------------- running
+def _class_probabilities(model: Model, lr: torch.Tensor) -> torch.Tensor:
+    """(1, M, H, W) classifier probabilities of a tile: the backbone and classifier only.
+
+    The same steps as PCSR.infer takes before routing, so a decision made on these is the one
+    the untiled model would make, up to float rounding."""
+    net = model.net
+    lr = lr.to(model.device, torch.float32)
+    with torch.inference_mode(), autocast(model.device, model.precision):
+        x = (lr - net.mean.to(lr.dtype)).contiguous(memory_format=torch.channels_last)
+        q, _ = net.queries(x, scale=model.scale)
+        return q.to_image(torch.softmax(q.run(net.classifier).float(), dim=-1))
+
+
+class _Runner:
+    """Runs a function over tiles; on running out of memory, halves the tile side and splits."""
+
+    def __init__(self, model: Model, h: int, w: int, tile: int, context: int, progress=None):
+        self.model, self.h, self.w = model, h, w
+        self.tile, self.context = tile, context
+        self.progress = progress
+
+    def each(self, tiles: list[Tile], fn: Callable[[Tile], None]) -> int:
+        queue = list(reversed(tiles))
+        done = 0
+        while queue:
+            t = queue.pop()
+            if t.size > self.tile:
+                queue.extend(reversed(self._split(t)))
+                continue
+            try:
+                fn(t)
+                failed = False
+            except Exception as err:  # MemoryError is an Exception too
+                if not is_out_of_memory(err):
+                    raise
+                failed = True
+            if failed:  # outside the except block, so the failed tile's tensors can be freed
+                self._free()
+                if min(self.tile, t.size) <= MIN_TILE:
+                    raise PcsrError(f"out of memory even with tiles of {min(self.tile, t.size)} LR pixels")
+                self.tile = max(MIN_TILE, min(self.tile, t.size) // 2)
+                queue.extend(reversed(self._split(t)))
+                continue
+            done += 1
+            if self.progress is not None:
+                self.progress.update(1)
+        return done
+
+    def _split(self, t: Tile) -> list[Tile]:
+        parts = plan_tiles(self.h, self.w, self.tile, self.context, (t.y0, t.y1, t.x0, t.x1))
+        if self.progress is not None:
+            self.progress.total += len(parts) - 1
+            self.progress.refresh()
+        return parts
+
+    def _free(self) -> None:
+        gc.collect()
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def upscale(model: Model, lr: torch.Tensor, routing: Routing | None = None, *, tile: int | None = None,
+            context: int | None = None, bits: int = 8, gray: bool = False, alpha: torch.Tensor | None = None,
+            progress: Callable[[int], object] | None = None) -> Tiled:
+    """Upscale one LR image (3, h, w) float in [0, 1], in host memory, by the model's scale.
+
+    tile: owned tile side in LR pixels (None: from free memory; 0: the whole image at once).
+    context: LR pixels around each tile (default and minimum: receptive radius + 2).
+    alpha: (h, w) in [0, 1], upscaled with MATLAB bicubic alongside.
+    progress: called with the number of tiles of a pass, returns a tqdm-like bar (or None).
+    """
+    r = routing or Routing()
+    need = required_context(model)
+    context = need if context is None else int(context)
+    if context < need:
+        raise PcsrError(f"a context of {context} LR pixels is too small for this model; it needs {need}")
+    _, h, w = lr.shape
+    if tile is None:
+        tile = auto_tile(model, context)
+    tile = max(h, w) if tile == 0 else max(1, int(tile))
+    sink = _Sink(model, h, w, bits, gray, alpha)
+    tiles = plan_tiles(h, w, tile, context)
+    whole = model.is_pcsr and (r.adaptive or r.budget is not None)
+    bar = progress(len(tiles) * (2 if whole and len(tiles) > 1 else 1)) if progress and len(tiles) > 1 else None
+    runner = _Runner(model, h, w, tile, context, bar)
+    try:
+        classes = None
+        if whole and len(tiles) == 1:
+            try:  # one tile: the model decides over the whole image itself
+                n = runner.each(tiles, lambda t: _sr_tile(model, lr, r, t, None, sink, whole_only=True))
+                return _result(sink, runner, n, split=False)
+            except _NeedsTwoPasses:  # it did not fit: split, and decide in a first pass
+                tiles = plan_tiles(h, w, runner.tile, context)
+                if bar is not None:
+                    bar.reset(total=2 * len(tiles))
+        if whole:
+            classes = _decide_whole(model, lr, r, runner, tiles)
+        n = runner.each(tiles, lambda t: _sr_tile(model, lr, r, t, classes, sink))
+        return _result(sink, runner, n, split=len(tiles) > 1 or runner.tile < tile)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+class _NeedsTwoPasses(Exception):
+    """A whole-image decision met a tile smaller than the image."""
+
+
+def _result(sink: _Sink, runner: _Runner, n: int, split: bool) -> Tiled:
+    return Tiled(sink.pixels, sink.alpha, sink.classes, sink.flops, sink.max_flops, sink.counts,
+                 runner.tile if split else 0, n)
+
+
+def _crop(lr: torch.Tensor, t: Tile) -> torch.Tensor:
+    return lr[:, t.py0:t.py1, t.px0:t.px1].unsqueeze(0).contiguous()
+
+
+def _sr_tile(model: Model, lr: torch.Tensor, r: Routing, t: Tile, classes: np.ndarray | None, sink: _Sink,
+             whole_only: bool = False) -> None:
+    if whole_only and (t.y0, t.x0, t.y1, t.x1) != (0, 0, *lr.shape[1:]):
+        raise _NeedsTwoPasses
+    cls = None
+    if classes is not None:
+        s = model.scale
+        crop = classes[t.py0 * s:t.py1 * s, t.px0 * s:t.px1 * s]
+        cls = torch.from_numpy(np.ascontiguousarray(crop)).to(model.device).unsqueeze(0)
+    res = model.run(_crop(lr, t), r, scale=model.scale, classes=cls)
+    sink.put(t, res.sr[0], None if res.classes is None else res.classes[0])
+
+
+def _decide_whole(model: Model, lr: torch.Tensor, r: Routing, runner: _Runner, tiles: list[Tile]) -> np.ndarray:
+    """Pass 1: the heavy class's probability everywhere; then one decision over the whole image."""
+    net, s = model.net, model.scale
+    _, h, w = lr.shape
+    H, W = h * s, w * s
+    heavy = net.num_classes - 1
+    p_heavy = np.empty((H, W), dtype=np.float32)
+    rest = np.zeros((H, W), dtype=np.uint8) if heavy > 1 else None
+
+    def gather(t: Tile) -> None:
+        prob = _class_probabilities(model, _crop(lr, t))[0]
+        oy, ox = (t.y0 - t.py0) * s, (t.x0 - t.px0) * s
+        hh, ww = (t.y1 - t.y0) * s, (t.x1 - t.x0) * s
+        own = prob[:, oy:oy + hh, ox:ox + ww]
+        p_heavy[t.y0 * s:t.y1 * s, t.x0 * s:t.x1 * s] = own[heavy].cpu().numpy()
+        if rest is not None:  # pixels not sent to the costliest class take the best cheaper one
+            rest[t.y0 * s:t.y1 * s, t.x0 * s:t.x1 * s] = own[:heavy].argmax(0).to(torch.uint8).cpu().numpy()
+
+    runner.each(tiles, gather)
+    p = torch.from_numpy(p_heavy)
+    if r.adaptive:
+        mask = rt.adaptive(p)
+    else:
+        frac = r.budget
+        if getattr(r, "budget_of", "pixels") == "flops":
+            frac = net.heavy_share_for_flops(h, w, H * W, r.budget)
+        mask = rt.budget(p, frac)
+    del p, p_heavy
+    mask = mask.numpy()
+    if rest is None:
+        return mask.astype(np.uint8) * np.uint8(heavy)
+    return np.where(mask, np.uint8(heavy), rest)

@@ -1,0 +1,339 @@
+"""`pcsr upscale`: the batch driver. Files, folders and globs in; one upscaled file per image out.
+
+Each input either succeeds or fails on its own with a one-line reason, so a bad file never costs
+the rest of a batch. Outputs are written atomically and never replace an input, nor an existing
+file unless --overwrite is given. Under torchrun (RANK / WORLD_SIZE set) every process takes
+inputs[rank::world]; no process group is needed since the ranks never talk to each other.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import api, cli, imageio, tiling
+from .errors import ImageError, PcsrError
+
+EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tif": ".tif"}
+OPACITY = 0.65
+# Light green for the cheapest class and red for the costliest, as in the paper's figures;
+# the classes between take colours that stay apart from both and from each other.
+LIGHT, HEAVY = (144, 238, 144), (255, 0, 0)
+MIDDLE = ((255, 215, 0), (30, 144, 255), (255, 140, 0), (186, 85, 211), (0, 206, 209), (139, 69, 19))
+
+
+# ----------------------------------------------------------------------------- command line
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "upscale", help="super-resolve image files (files, folders, globs)",
+        description="Upscale every input image by the model's scale. Large images are processed in tiles "
+                    "with enough context that the result equals the untiled one; adaptive and budget "
+                    "routing are decided over the whole image. Under torchrun the inputs are split "
+                    "across the processes.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (their images) or glob patterns")
+    p.add_argument("-o", "--output-dir", dest="outdir", default=None, metavar="OUTDIR",
+                   help="where to write (default: next to each input)")
+    p.add_argument("--suffix", default=None, help="added to the output name: <stem>_<suffix>.<ext> (default x<scale>)")
+    p.add_argument("--ext", default="auto", choices=["auto", *EXTENSIONS],
+                   help="output format (default auto: the input's own)")
+    p.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help="bundled model name or path (.safetensors, reference .pth)")
+    cli._add_routing(p)
+    p.add_argument("--tile", type=_count, default=None, metavar="N",
+                   help="tile side in LR pixels (default: from free memory; 0: never tile)")
+    p.add_argument("--tile-pad", type=_count, default=None, metavar="P",
+                   help="LR pixels of context around each tile (default and minimum: the model's receptive radius + 2)")
+    p.add_argument("--device", default="auto", type=_device, help="auto, cpu or cuda[:N]")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: a reduced precision only where measured harmless for the model and fast "
+                        "on this hardware, else fp32")
+    p.add_argument("--class-map", action="store_true",
+                   help="also write <stem>_<suffix>_classes.png: the result tinted by upsampler (green light, red heavy)")
+    p.add_argument("--max-pixels", type=_positive, default=imageio.DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse inputs with more pixels (default 2^28)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.set_defaults(func=run, usage_error=p.error)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+# ----------------------------------------------------------------------------- planning
+@dataclass
+class Job:
+    """One input image and where its results go; `error` set means it will not be run."""
+
+    input: Path
+    output: Path | None = None
+    class_map: Path | None = None
+    error: str | None = None
+
+
+def rank_and_world(environ=os.environ) -> tuple[int, int]:
+    """torchrun's RANK / WORLD_SIZE, else (0, 1)."""
+    try:
+        rank, world = int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise PcsrError("RANK and WORLD_SIZE must be whole numbers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise PcsrError(f"RANK={rank} is not within WORLD_SIZE={world}")
+    return rank, world
+
+
+def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Images of every input item, once each, and (item, reason) for items that give none."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    failed = []
+    for item in items:
+        try:
+            paths = imageio.list_images([item])
+        except ImageError as err:
+            failed.append((item, str(err)))
+            continue
+        for path in paths:
+            key = _key(path)
+            if key not in seen:
+                seen.add(key)
+                found.append(path)
+    return found, failed
+
+
+def _key(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def output_name(path: Path, suffix: str, ext: str) -> str:
+    if ext == "auto":
+        own = path.suffix
+        ext = own if own.lower() in imageio.IMAGE_EXTENSIONS else ".png"  # e.g. GIF in, PNG out
+    else:
+        ext = EXTENSIONS[ext]
+    return f"{path.stem}_{suffix}{ext}" if suffix else f"{path.stem}{ext}"
+
+
+def plan_jobs(images: list[Path], outdir: str | None, suffix: str, ext: str, class_map: bool,
+              overwrite: bool) -> list[Job]:
+    """Outputs for every image of every rank, so that all ranks agree on name clashes."""
+    inputs = {_key(p): p for p in images}
+    claimed: dict[str, Path] = {}
+    jobs = []
+    for path in images:
+        folder = Path(outdir) if outdir is not None else path.parent
+        out = folder / output_name(path, suffix, ext)
+        cmap = folder / f"{Path(output_name(path, suffix, 'png')).stem}_classes.png" if class_map else None
+        job = Job(path, out, cmap)
+        for target in (t for t in (out, cmap) if t is not None):
+            key = _key(target)
+            if key in inputs:
+                job.error = f"{path}: the output {target} would replace an input image; choose another --suffix or -o"
+            elif key in claimed:
+                job.error = f"{path}: the output {target} is also the output of {claimed[key]}; use another -o or --ext"
+            elif target.exists() and not overwrite:
+                job.error = f"{path}: {target} already exists (use --overwrite to replace it)"
+            if job.error:
+                break
+        if job.error is None:
+            for target in (t for t in (out, cmap) if t is not None):
+                claimed[_key(target)] = path
+        jobs.append(job)
+    return jobs
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class Outcome:
+    width: int
+    height: int
+    flops: int
+    max_flops: int
+    heavy_fraction: float | None
+    seconds: float
+
+
+def upscale_file(model: api.Model, job: Job, routing, *, tile=None, pad=None, max_pixels=imageio.DEFAULT_MAX_PIXELS,
+                 progress=None) -> Outcome:
+    """Read, upscale, write one image (and its class map); raises PcsrError with a one-line reason."""
+    t0 = time.perf_counter()
+    pic = imageio.read_image(job.input, max_pixels=max_pixels)
+    lr = torch.from_numpy(pic.rgb).permute(2, 0, 1)  # a view: tiles are copied out one at a time
+    alpha = None if pic.alpha is None else torch.from_numpy(pic.alpha)
+    try:
+        res = tiling.upscale(model, lr, routing, tile=tile, context=pad, bits=pic.bits,
+                             gray=pic.mode in ("L", "LA"), alpha=alpha, progress=progress)
+    except PcsrError as err:
+        raise PcsrError(f"{job.input}: {err}") from None
+    del lr, alpha
+    imageio.write_image(job.output, res.pixels, alpha=res.alpha, mode=pic.mode, bits=pic.bits,
+                        icc_profile=pic.icc_profile, exif=pic.exif)
+    if job.class_map is not None and res.classes is not None:
+        imageio.write_image(job.class_map, tint(res.pixels, res.classes, model.net.num_classes))
+    H, W = res.pixels.shape[:2]
+    return Outcome(W, H, res.flops, res.max_flops, res.heavy_fraction, time.perf_counter() - t0)
+
+
+def class_colours(m: int) -> np.ndarray:
+    """(M, 3) uint8: light green, distinct middles, red."""
+    middle = [MIDDLE[i % len(MIDDLE)] for i in range(max(0, m - 2))]
+    return np.array([LIGHT, *middle, HEAVY][:m] if m > 1 else [LIGHT], dtype=np.uint8)
+
+
+def tint(pixels: np.ndarray, classes: np.ndarray, m: int, rows: int = 256) -> np.ndarray:
+    """The result blended with its class colours at OPACITY, as 8-bit RGB, a band of rows at a time."""
+    H, W = classes.shape
+    colours = class_colours(m).astype(np.float32) * np.float32(OPACITY)
+    out = np.empty((H, W, 3), dtype=np.uint8)
+    top = np.float32(65535.0 if pixels.dtype == np.uint16 else 255.0)
+    for y in range(0, H, rows):
+        band = pixels[y:y + rows].astype(np.float32) * (np.float32(255.0 * (1 - OPACITY)) / top)
+        band = band + colours[classes[y:y + rows]]  # gray (H, W, 1) broadcasts to RGB
+        out[y:y + rows] = np.rint(np.clip(band, 0, 255)).astype(np.uint8)
+    return out
+
+
+def _human(flops: int) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if flops >= size:
+            return f"{flops / size:.1f}{unit}"
+    return str(flops)
+
+
+class _Report:
+    """One line per image on stdout (text or JSON); reasons for failures on stderr."""
+
+    def __init__(self, as_json: bool, bars: bool):
+        self.as_json, self.bars = as_json, bars
+        self.failures = 0
+
+    def _out(self, line: str) -> None:
+        if self.bars:  # keeps the progress bars intact on a terminal
+            from tqdm import tqdm
+            tqdm.write(line + "\n", file=sys.stdout, end="")  # one write, as _line
+        else:
+            _line(sys.stdout, line)
+
+    def ok(self, job: Job, o: Outcome) -> None:
+        if self.as_json:
+            self._out(json.dumps({
+                "input": str(job.input), "output": str(job.output), "width": o.width, "height": o.height,
+                "flops": o.flops, "max_flops": o.max_flops, "heavy_fraction": o.heavy_fraction,
+                "seconds": round(o.seconds, 4), "error": None}))
+            return
+        share = 100.0 * o.flops / o.max_flops if o.max_flops else 100.0
+        self._out(f"{job.input} -> {job.output}  {o.width}x{o.height}  flops: {_human(o.flops)} ({share:.1f} %) | "
+                  f"max_flops: {_human(o.max_flops)} (100 %)  {o.seconds:.2f} s")
+
+    def fail(self, input_: str, output: Path | None, message: str) -> None:
+        self.failures += 1
+        _line(sys.stderr, f"pcsr upscale: error: {message}")
+        if self.as_json:
+            self._out(json.dumps({
+                "input": input_, "output": None if output is None else str(output), "width": None, "height": None,
+                "flops": None, "max_flops": None, "heavy_fraction": None, "seconds": None, "error": message}))
+
+
+def _line(stream, text: str) -> None:
+    """One write per line: ranks share stdout, and print's separate newline could interleave."""
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def _device_for_rank(device: str, world: int) -> str:
+    """One GPU per local process when torchrun starts several on a machine with several GPUs."""
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    return device
+
+
+def run(args) -> int:
+    try:
+        routing = cli.routing_from_args(args)
+    except PcsrError as err:
+        args.usage_error(str(err))
+    rank, world = rank_and_world()
+    report = _Report(args.json, bars=not args.quiet and rank == 0)
+    images, bad_items = expand_inputs(args.inputs)
+    if rank == 0:  # every rank sees the same items; one report is enough
+        for item, message in bad_items:
+            report.fail(item, None, message)
+    if args.outdir is not None:
+        imageio.check_output_dir(args.outdir)  # fail before the model loads, not after the first image
+    if not images[rank::world]:
+        return 1 if report.failures else 0
+
+    model = api.load(args.model, device=_device_for_rank(args.device, world), precision=args.precision)
+    with api.autocast(model.device, model.precision):  # an impossible precision fails here, once
+        pass
+    need = tiling.required_context(model)
+    if args.tile_pad is not None and args.tile_pad < need:
+        args.usage_error(f"--tile-pad {args.tile_pad} is below this model's need of {need} LR pixels of context")
+    if args.class_map and not model.is_pcsr:
+        _line(sys.stderr, "pcsr upscale: note: --class-map ignored, this model has no upsampler classes")
+    suffix = args.suffix if args.suffix is not None else f"x{model.scale}"
+    jobs = plan_jobs(images, args.outdir, suffix, args.ext, args.class_map and model.is_pcsr, args.overwrite)
+    mine = jobs[rank::world]
+
+    from tqdm import tqdm
+    bars = report.bars
+
+    def tile_bar(total: int):
+        return tqdm(total=total, desc="tiles", unit="tile", leave=False, file=sys.stderr, disable=not bars)
+
+    writable: dict[str, str | None] = {}
+    for job in tqdm(mine, desc="upscale", unit="img", file=sys.stderr, disable=not bars or len(mine) < 2):
+        if job.error is None and args.outdir is None:
+            job.error = _folder_error(job.input, job.output.parent, writable)
+        if job.error is not None:
+            report.fail(str(job.input), job.output, job.error)
+            continue
+        try:
+            outcome = upscale_file(model, job, routing, tile=args.tile, pad=args.tile_pad,
+                                   max_pixels=args.max_pixels, progress=tile_bar)
+        except PcsrError as err:
+            report.fail(str(job.input), job.output, str(err))
+            continue
+        except MemoryError:
+            report.fail(str(job.input), job.output, f"{job.input}: not enough memory for this image")
+            continue
+        report.ok(job, outcome)
+    return 1 if report.failures else 0
+
+
+def _folder_error(path: Path, folder: Path, cache: dict[str, str | None]) -> str | None:
+    key = str(folder)
+    if key not in cache:
+        try:
+            imageio.check_output_dir(folder)
+            cache[key] = None
+        except PcsrError as err:
+            cache[key] = f"cannot write the output ({err})"
+    return None if cache[key] is None else f"{path}: {cache[key]}"
