@@ -211,12 +211,9 @@ def _class_probabilities(model: Model, lr: torch.Tensor) -> torch.Tensor:
 
     The same steps as PCSR.infer takes before routing, so a decision made on these is the one
     the untiled model would make, up to float rounding."""
-    net = model.net
     lr = lr.to(model.device, torch.float32)
     with torch.inference_mode(), autocast(model.device, model.precision):
-        x = (lr - net.mean.to(lr.dtype)).contiguous(memory_format=torch.channels_last)
-        q, _ = net.queries(x, scale=model.scale)
-        return q.to_image(torch.softmax(q.run(net.classifier).float(), dim=-1))
+        return model.net.class_prob(lr, scale=model.scale)
 
 
 class _Runner:

@@ -189,11 +189,14 @@ class PCSR(nn.Module):
         return SRResult(sr, cls_img, prob, flops, max_flops, counts)
 
     @torch.inference_mode()
-    def heavy_prob(self, lr: torch.Tensor, scale=None, out_size=None) -> torch.Tensor:
-        """(N, H, W) float32 probability of the costliest class: backbone and classifier only."""
+    def class_prob(self, lr: torch.Tensor, scale=None, out_size=None) -> torch.Tensor:
+        """(N, M, H, W) float32 classifier probabilities, backbone and classifier only: what routing
+        decisions over a whole tiled image are made from."""
         x = (lr - self.mean.to(lr.dtype)).contiguous(memory_format=torch.channels_last)
         q, _ = self.queries(x, scale, out_size)
-        return q.to_image(torch.softmax(q.run(self.classifier).float(), -1)[:, -1])
+        with torch.autocast(x.device.type, enabled=False):
+            logits = q.run(self.classifier, dtype=torch.float32)
+        return q.to_image(torch.softmax(logits, -1))
 
     def route_rows(self, logits: torch.Tensor, r: Routing, n: int, h: int, w: int, H: int, W: int) -> torch.Tensor:
         """(rows, M) logits, image-major rows -> (rows,) uint8 classes by the routing rule."""
