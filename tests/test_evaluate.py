@@ -325,3 +325,16 @@ def test_plot(model, sets, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     plot_curves(rows, tmp_path / "curve.png")
     assert Image.open(tmp_path / "curve.png").size[0] > 400
+
+
+def test_cli_k_lists():
+    from pcsr.cli import build_parser, eval_settings
+    parse = (lambda *a: eval_settings(build_parser().parse_args(["eval", "--data", "x", *a])))
+    assert [s.label for s in parse("-k", "0", "1", "2")] == ["k=0", "k=1", "k=2"]
+    assert [s.label for s in parse("-k", "0,1,2", "--adaptive")] == ["k=0", "k=1", "k=2", "adaptive"]
+    assert [s.label for s in parse("-k", "-1", "0.5", "--budget", "1")] == ["k=-1", "k=0.5", "budget=1"]
+    assert [s.label for s in parse("-k=-1,0")] == ["k=-1", "k=0"]
+    assert [s.label for s in parse("--threshold", "0.2,0.4")] == ["patch t=0.2", "patch t=0.4"]
+    assert [s.label for s in parse("--routing", "pixel", "patch", "--adaptive")] == ["adaptive", "patch adaptive"]
+    with pytest.raises(PcsrError, match="between 0 and 1"):
+        parse("--budget", "2")
