@@ -100,6 +100,9 @@ def resolve(name_or_path: str | os.PathLike | None) -> Path:
         return p
     if p.suffix in (".safetensors", ".pth", ".pt") or os.sep in name:
         raise WeightsError(f"{name}: no such model file")
+    if not bundled and name_or_path is None:
+        raise WeightsError("no model is bundled with this version yet: give --model PATH "
+                           "(a .safetensors file from `pcsr export` or `pcsr convert`)")
     known = ", ".join(bundled) or "none bundled"
     raise WeightsError(f"unknown model {name!r} (bundled: {known}; or give a path to a .safetensors file)")
 
