@@ -107,7 +107,7 @@ def subpixel_offsets(s: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.stack([ry, rx, cell, cell], dim=-1).reshape(s * s, 4).to(dtype)
 
 
-CHUNK_ROWS = 8 * 1024  # rows per MLP chunk: its hidden activations stay in L2 cache
+CHUNK_ELEMENTS = 600_000  # hidden activations per MLP chunk: small enough to stay in L2 cache
 
 
 def _linear_relu(h, w, b):
@@ -155,7 +155,7 @@ class SubpixelQueries:
         bias = torch.addmm(lin.bias, self.offsets.to(lin.weight.dtype), lin.weight[:, self.c:].t())
         return proj, bias.to(proj.dtype)
 
-    def run(self, mlp: MLP, rows=None, chunk: int = CHUNK_ROWS, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def run(self, mlp: MLP, rows=None, chunk: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The MLP on every output pixel (rows None) or on some: `rows` is a 1-D tensor of row indices
         or a pair (LR pixel index, sub-pixel index). With autograd on (training) this is plain
         module calls; otherwise the fast path: weights cast once, chunks whose hidden activations
@@ -198,6 +198,8 @@ class SubpixelQueries:
             lr_idx, sub_idx = self._split_rows(rows)
         total = self.rows if rows is None else lr_idx.numel()
         out = torch.empty(total, layers[-1][0].shape[0] if layers else proj.shape[1], dtype=dtype, device=proj.device)
+        if chunk is None:  # narrow MLPs take longer chunks: fewer calls, same cache footprint
+            chunk = CHUNK_ELEMENTS // max([proj.shape[1]] + [w.shape[0] for w, _ in layers])
         step = max(1, chunk // ss) * ss  # whole LR pixels per chunk when every row is wanted
         for start in range(0, total, step):
             if rows is None:
