@@ -83,6 +83,8 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=None)
     ap.add_argument("--keep", default=None, help="keep the 8K result at this path (default: a temporary file)")
     args = ap.parse_args()
+    from pcsr.runtime import keep_freed_memory
+    keep_freed_memory()  # as the pcsr command does
 
     name = args.model or default_model()
     t = time.perf_counter()
