@@ -11,11 +11,7 @@ from torch import nn
 
 def conv(m: nn.Conv2d | nn.ConvTranspose2d, h_out: int, w_out: int) -> int:
     kh, kw = m.kernel_size
-    if isinstance(m, nn.ConvTranspose2d):
-        cin, cout = m.in_channels, m.out_channels
-    else:
-        cin, cout = m.in_channels, m.out_channels
-    return 2 * kh * kw * (cin // m.groups) * cout * h_out * w_out
+    return 2 * kh * kw * (m.in_channels // m.groups) * m.out_channels * h_out * w_out
 
 
 def linear(fan_in: int, fan_out: int, rows: int = 1) -> int:
