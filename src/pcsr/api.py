@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,11 +45,25 @@ def choose_precision(device: torch.device, info: dict) -> str:
     return "fp32"
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def with_inference_backbone(net: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of `net` whose backbone is its fast reduced-precision form (if it has one). fp32 keeps
+    the plain modules, which reproduce the reference checkpoints bit for bit."""
+    fast = net.backbone.inference_form(dtype)
+    if fast is net.backbone:
+        return net
+    clone = copy.deepcopy(net)
+    clone.backbone = fast
+    return clone
+
+
 def autocast(device: torch.device, precision: str):
     """Reduced precision by autocast (weights stay fp32); fp32 is a no-op context."""
     if precision in ("fp32", "auto"):
         return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = DTYPES.get(precision)
     if dtype is None:
         raise PcsrError(f"unknown precision {precision!r} (fp32, bf16, fp16)")
     if dtype == torch.float16 and device.type != "cuda":
@@ -81,6 +96,8 @@ class Model:
         self.precision = choose_precision(self.device, self.info) if precision == "auto" else precision
         autocast(self.device, self.precision)  # validates the name and the device early
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
+        if self.precision != "fp32":
+            self.net = with_inference_backbone(self.net, DTYPES[self.precision])
         self.name = name
 
     @property

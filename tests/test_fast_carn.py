@@ -1,0 +1,59 @@
+"""The reduced-precision inference form of CARN computes the plain module's function."""
+import pytest
+import torch
+
+from pcsr import api
+from pcsr.models.backbones import CARN, CARNConfig
+from pcsr.models.fast_carn import FastCARN
+from pcsr.models.pcsr import PCSR, Routing
+from pcsr.models.specs import ModelSpec
+
+
+def _carn(scale, nf=16, groups=4, seed=0):
+    torch.manual_seed(seed)
+    net = CARN(CARNConfig(nf=nf, groups=groups), scale)
+    for m in net.modules():  # batch norm with non-trivial statistics, so that folding it is tested
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("scale", [None, 4, 3])
+def test_fp32_form_equals_plain_module(scale):
+    net = _carn(scale)
+    x = torch.rand(2, 3, 11, 17)
+    with torch.inference_mode():
+        ref = net(x)
+        fast = FastCARN(net, torch.float32)(x)
+    assert fast.shape == ref.shape
+    assert (fast - ref).abs().max().item() < 1e-5
+
+
+def test_bf16_form_is_close_and_finite():
+    net = _carn(None, nf=20, groups=4, seed=1)   # odd column prefixes: 1 + k * 20
+    x = torch.rand(1, 3, 23, 29)
+    with torch.inference_mode():
+        ref = net(x)
+        fast = FastCARN(net, torch.bfloat16)(x).float()
+    assert torch.isfinite(fast).all()
+    rel = (fast - ref).norm() / ref.norm()
+    assert rel.item() < 2e-2
+
+
+def test_model_uses_fast_form_only_in_reduced_precision_and_leaves_the_net_alone():
+    torch.manual_seed(0)
+    net = PCSR(ModelSpec("carn", {"nf": 16, "groups": 4}, 4, ((8,), (16, 16)), (8,)))
+    net.eval()
+    fp32 = api.Model(net, device="cpu", precision="fp32")
+    bf16 = api.Model(net, device="cpu", precision="bf16")
+    assert isinstance(fp32.net.backbone, CARN)
+    assert isinstance(bf16.net.backbone, FastCARN)
+    assert isinstance(net.backbone, CARN)
+    lr = torch.rand(1, 3, 12, 15)
+    a = fp32.run(lr, Routing(budget=1.0)).sr
+    b = bf16.run(lr, Routing(budget=1.0)).sr
+    assert b.shape == a.shape == (1, 3, 48, 60)
+    assert (a - b).abs().mean().item() < 1e-2
