@@ -72,9 +72,12 @@ def refine(sr: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     neigh = torch.maximum(torch.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
     targets = neigh > cls[:, 1:-1, 1:-1]
     out = sr.clone()
-    if targets.sum() * 4 > targets.numel():  # dense: a separable 3x3 box filter everywhere
-        rows3 = sr[..., :, :-2] + sr[..., :, 1:-1] + sr[..., :, 2:]
-        box = (rows3[..., :-2, :] + rows3[..., 1:-1, :] + rows3[..., 2:, :]) / 9
+    if int(torch.count_nonzero(targets)) * 4 > targets.numel():  # dense: a separable 3x3 box filter everywhere
+        rows3 = sr[..., :, :-2] + sr[..., :, 1:-1]
+        rows3 += sr[..., :, 2:]
+        box = rows3[..., :-2, :] + rows3[..., 1:-1, :]
+        box += rows3[..., 2:, :]
+        box /= 9
         inner = out[..., 1:-1, 1:-1]
         inner.copy_(torch.where(targets.unsqueeze(1), box, inner))
         return out
