@@ -42,6 +42,23 @@ def test_subpixel_path_equals_query_path(backbone, scale):
     assert (a.sr - b.sr)[same].abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("light_share", [0.9, 0.3])
+@pytest.mark.parametrize("upsamplers", [((4,), (8, 8)), ((2,), (4,), (8, 8))])
+def test_dense_and_gathered_cheapest_upsampler_agree_with_query_path(light_share, upsamplers):
+    """Mostly-cheap maps run the cheapest upsampler on every row (dense), others gather its rows:
+    both give the query path's image for the same class map."""
+    net = tiny_pcsr(upsamplers=upsamplers)
+    lr = torch.rand(2, 3, 6, 7)
+    g = torch.Generator().manual_seed(1)
+    m = len(upsamplers)
+    classes = torch.where(torch.rand(2, 24, 28, generator=g) < light_share, 0,
+                          torch.randint(1, m, (2, 24, 28), generator=g)).to(torch.uint8)
+    a = net.infer(lr, routing_=Routing(refine=False), classes=classes, path="subpixel")
+    b = net.infer(lr, routing_=Routing(refine=False), classes=classes, path="query")
+    assert torch.equal(a.classes, classes) and a.counts == b.counts
+    assert (a.sr - b.sr).abs().max() < 1e-4
+
+
 def test_non_integer_output_size_uses_query_path():
     net = tiny_pcsr()
     lr = torch.rand(1, 3, 6, 8)

@@ -208,14 +208,22 @@ class SubpixelQueries:
         if chunk is None:  # narrow MLPs take longer chunks: fewer calls, same cache footprint
             chunk = CHUNK_ELEMENTS // max([proj.shape[1]] + [w.shape[0] for w, _ in layers])
         step = max(1, chunk // ss) * ss  # whole LR pixels per chunk when every row is wanted
+        if rows is None:
+            # proj + bias for all s*s sub-pixels of each LR pixel as one product with a stacked
+            # identity: a broadcast add with rows this short is several times slower, and this way
+            # the ReLU comes fused. Exact: the products are by 1 and 0.
+            width = proj.shape[1]
+            stack_w = torch.eye(width, dtype=dtype, device=proj.device).repeat(ss, 1)  # (ss*width, width)
+            stack_b = bias.reshape(-1)
         for start in range(0, total, step):
             if rows is None:
-                h = (proj[start // ss:(start + step) // ss].unsqueeze(1) + bias).view(-1, proj.shape[1])
+                p = proj[start // ss:(start + step) // ss]
+                h = (linear_relu(p, stack_w, stack_b) if layers else torch.addmm(stack_b, p, stack_w.t())).view(-1, width)
             else:
                 h = proj.index_select(0, lr_idx[start:start + step])
                 h += bias.index_select(0, sub_idx[start:start + step])
-            if layers:
-                h.relu_()
+                if layers:
+                    h.relu_()
             for w, b in layers[:-1]:
                 h = linear_relu(h, w, b)
             if layers:
