@@ -57,7 +57,8 @@ def main() -> None:
         for label, routing in settings.items():
             r = evaluate(model, folder, routing=routing)
             rows.append((Path(folder).name, label, r))
-            print(Path(folder).name, label, f"{r['psnr_rgb']:.3f} {r['psnr_y']:.3f} {r['gflops']:.2f}", flush=True)
+            print(Path(folder).name, label, f"{r['psnr_rgb']:.3f} {r['psnr_y']:.3f} {r['gflops']:.3f} / "
+                  f"{r.get('max_gflops') or 0:.3f}", flush=True)
 
     facts = [run_facts(Path(r)) for r in args.runs]
     lines = [f"# {path.stem}", ""]
@@ -78,10 +79,13 @@ def main() -> None:
                   "T91, BSD200 (Berkeley Segmentation Dataset: non-commercial research use) and SunHays80 carry "
                   "research-only licences; use these weights for research only.", ""]
     lines += ["## Validation (fp32, whole images, MATLAB bicubic LR, border of scale shaved)", "",
-              "| set | routing | PSNR RGB | PSNR Y | GFLOPs | heavy fraction |", "|---|---|---|---|---|---|"]
+              "| set | routing | PSNR RGB | PSNR Y | GFLOPs | of all-heavy GFLOPs | heavy pixels |",
+              "|---|---|---|---|---|---|---|"]
     for name, label, r in rows:
         hf = f"{r['heavy_fraction']:.3f}" if r.get("heavy_fraction") is not None else "-"
-        lines.append(f"| {name} | {label or 'original'} | {r['psnr_rgb']:.2f} | {r['psnr_y']:.2f} | {r['gflops']:.2f} | {hf} |")
+        share = f"{r['gflops'] / r['max_gflops']:.3f}" if r.get("max_gflops") else "-"
+        lines.append(f"| {name} | {label or 'original'} | {r['psnr_rgb']:.2f} | {r['psnr_y']:.2f} | {r['gflops']:.2f} | "
+                     f"{share} | {hf} |")
     lines += ["", f"Made by `python benchmarks/model_card.py {args.weights} ...` (see the script's docstring)."]
     card = path.with_suffix(".md")
     card.write_text("\n".join(lines) + "\n")
