@@ -1,6 +1,6 @@
 """Write the model card (a .md next to the .safetensors) of a model trained with `pcsr train`.
 
-    python benchmarks/model_card.py src/pcsr/weights/carn-pcsr-x4.safetensors \
+    python benchmarks/model_card.py src/pcsr/bundled/carn-pcsr-x4.safetensors \
         --runs runs/carn-pcsr-x4-phase0 runs/carn-pcsr-x4-phase1 \
         --data ../shared/data/bench/Set5 ../shared/data/bench/Set14 ../shared/data/bench/B100
 

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/reproduce.py --shared ../shared --out docs/
 
-The four reference checkpoints (../shared/official) and any model bundled under src/pcsr/weights/
+The four reference checkpoints (../shared/official) and any model bundled under src/pcsr/bundled/
 are evaluated on Set5, Set14 and B100 through `pcsr.evaluate.sweep`, the code behind `pcsr eval`:
 the whole-image protocol and the ClassSR / PCSR-paper patch protocol, pixel-level routing (a k
 sweep, the adaptive decision, all light, all heavy) and the patch-level baseline (a threshold
@@ -254,7 +254,7 @@ def class_map_examples(shared: Path, models, labels, figures: Path) -> str:
 
 def meta_block(args, seconds: float, bundled) -> str:
     cpu = platform.processor() or platform.machine()
-    own = ", ".join(p.stem for p in bundled) if bundled else "none: no model was bundled under src/pcsr/weights/ " \
+    own = ", ".join(p.stem for p in bundled) if bundled else "none: no model was bundled under src/pcsr/bundled/ " \
                                                              "when this ran, so no row of ours is listed"
     limit = f"; first {args.limit} images of each set only" if args.limit else ""
     return (f"Generated {time.strftime('%Y-%m-%d')} by `benchmarks/reproduce.py` in {seconds / 60:.0f} min on "

@@ -22,7 +22,7 @@ from .models.pcsr import build_model
 from .models.specs import ModelSpec
 
 FORMAT_VERSION = "1"
-BUNDLED_DIR = Path(__file__).parent / "weights"
+BUNDLED_DIR = Path(__file__).parent / "bundled"  # the models shipped in the package, with their cards
 DEFAULT_MODEL = "carn-pcsr-x4"
 
 # The reference code normalises CARN's input by this mean and FSRCNN's not at all.
