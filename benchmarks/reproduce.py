@@ -62,12 +62,12 @@ def main() -> int:
 
     models, labels, families = [], [], []
     for stem, (label, family) in OFFICIAL.items():
-        models.append(api.load(shared / "official" / f"{stem}.pth", device="cpu"))
+        models.append(api.load(shared / "official" / f"{stem}.pth", device="cpu", precision="fp32"))
         labels.append(label)
         families.append(family)
     bundled = sorted(weights.BUNDLED_DIR.glob("*.safetensors")) if weights.BUNDLED_DIR.is_dir() else []
     for path in bundled:
-        m = api.load(path, device="cpu")
+        m = api.load(path, device="cpu", precision="fp32")  # as the references: no bf16 near-tie moves
         models.append(m)
         labels.append(f"ours: {path.stem}")
         families.append(m.spec.backbone)
