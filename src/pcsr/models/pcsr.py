@@ -179,9 +179,11 @@ class PCSR(nn.Module):
             dense = isinstance(q, SubpixelQueries) and sum(c[0] for c in counts) >= DENSE_SHARE * q.rows
             first = 1 if dense else 0
             picked = [q.select(cls_rows, j) for j in range(first, self.num_classes)]
-        with record_function("upsampler0" if dense else "assemble"):
-            res = q.run(self.upsamplers[0]).float() if dense else \
-                torch.empty(q.rows, 3, dtype=torch.float32, device=x.device)
+        if dense:
+            with record_function("upsampler0"):
+                res = q.run(self.upsamplers[0]).float()
+        else:
+            res = torch.empty(q.rows, 3, dtype=torch.float32, device=x.device)
         for j, (u, (rows, split)) in enumerate(zip(self.upsamplers[first:], picked), start=first):
             with record_function(f"upsampler{j}"):
                 if rows.numel():
