@@ -1,4 +1,5 @@
 """Routing rules against hand-computed values."""
+import pytest
 import torch
 
 from pcsr import routing
@@ -59,3 +60,26 @@ def test_refine_leaves_the_outer_border_alone():
     out = routing.refine(sr, classes)
     changed = (out != sr).any(1)[0]
     assert changed.nonzero().tolist() == [[1, 1]]
+
+
+def _refine_by_definition(sr, classes):
+    """Per pixel, from the definition: interior light pixels with a costlier neighbour take the 3x3 mean."""
+    out = sr.clone()
+    n, _, h, w = sr.shape
+    for i in range(n):
+        for y in range(1, h - 1):
+            for x in range(1, w - 1):
+                if classes[i, y - 1:y + 2, x - 1:x + 2].max() > classes[i, y, x]:
+                    out[i, :, y, x] = sr[i, :, y - 1:y + 2, x - 1:x + 2].mean((1, 2))
+    return out
+
+
+@pytest.mark.parametrize("heavy_share", [0.01, 0.5])  # ~8 % targets: sparse (gathering); ~50 %: dense (banded box filter)
+def test_refine_matches_its_definition_across_bands(monkeypatch, heavy_share):
+    monkeypatch.setattr(routing, "BAND_ELEMENTS", 3 * 23 * 5)  # bands of 8 rows: several, the last one short
+    g = torch.Generator().manual_seed(3)
+    sr = torch.rand(2, 3, 29, 23, generator=g)
+    classes = (torch.rand(2, 29, 23, generator=g) < heavy_share).to(torch.uint8)
+    out = routing.refine(sr, classes)
+    assert torch.allclose(out, _refine_by_definition(sr, classes), atol=1e-6)
+    assert not torch.equal(out, sr)
