@@ -114,31 +114,60 @@ def subpixel_offsets(s: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.stack([ry, rx, cell, cell], dim=-1).reshape(s * s, 4).to(dtype)
 
 
-CHUNK_ELEMENTS = 600_000  # hidden activations per MLP chunk: small enough to stay in L2 cache
+CHUNK_ELEMENTS = 1_200_000  # hidden activations per MLP chunk: a few MB, so they stay in cache
 
 
-def _linear_relu(h, w, b):
-    return torch.addmm(b, h, w.t()).relu_()
+GROUP_WIDTH = 80  # reduced precision: narrow layers run on g rows at once, g * width <= this
 
 
-def _mkldnn_linear_relu(h, w, b):
-    return torch.ops.mkldnn._linear_pointwise(h, w, b, "relu", [], "")
+def _addmm_linear(h, w, b, act):
+    out = torch.addmm(b, h, w.t())
+    return out.relu_() if act == "relu" else out
 
 
-def fused_linear_relu(like: torch.Tensor):
-    """Linear + ReLU in one oneDNN call where this torch build has it (CPU), else addmm + relu_.
+def _mkldnn_linear(h, w, b, act):
+    return torch.ops.mkldnn._linear_pointwise(h, w, b, act, [], "")
+
+
+def linear_op(like: torch.Tensor):
+    """`f(h, w, b, act)`: a linear layer, `act` "relu" or "none", as one oneDNN call where this torch
+    build has it (CPU: the ReLU fused, and faster than addmm for these narrow layers), else addmm.
     A private op of torch: used when it works, never required."""
     op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if like.device.type != "cpu" or op is None or not torch.backends.mkldnn.is_available():
-        return _linear_relu
+        return _addmm_linear
     try:
         probe = torch.ones(2, 3, dtype=like.dtype)
-        if not torch.equal(_mkldnn_linear_relu(probe, -torch.eye(3, dtype=like.dtype), torch.ones(3, dtype=like.dtype)),
-                           torch.zeros(2, 3, dtype=like.dtype)):
-            return _linear_relu
+        w, b = -torch.eye(3, dtype=like.dtype), torch.ones(3, dtype=like.dtype)
+        if not (torch.equal(_mkldnn_linear(probe, w, b, "relu"), torch.zeros(2, 3, dtype=like.dtype))
+                and torch.equal(_mkldnn_linear(probe, w, b, "none"), torch.zeros(2, 3, dtype=like.dtype))):
+            return _addmm_linear
     except (RuntimeError, NotImplementedError):
-        return _linear_relu
-    return _mkldnn_linear_relu
+        return _addmm_linear
+    return _mkldnn_linear
+
+
+class _Layer:
+    """A linear layer's weights in the compute dtype, and a block-diagonal copy that runs g rows as
+    one row of g times the width: a narrow bf16 product wastes most of the matrix unit, and the
+    extra products are by exact zeros."""
+
+    def __init__(self, lin: nn.Linear, dtype: torch.dtype, relu: bool):
+        self.w, self.b = lin.weight.to(dtype), lin.bias.to(dtype)
+        self.act = "relu" if relu else "none"
+        widest = max(self.w.shape)
+        self.g = 1 if dtype == torch.float32 else max(1, GROUP_WIDTH // widest)
+        while self.g > 1 and 16 % self.g:  # divides the chunks of whole LR pixels (s*s rows, s = 4)
+            self.g -= 1
+        if self.g > 1:
+            self.wg = torch.block_diag(*[self.w] * self.g)
+            self.bg = self.b.repeat(self.g)
+
+    def __call__(self, linear, h: torch.Tensor) -> torch.Tensor:
+        rows = h.shape[0]
+        if self.g == 1 or rows % self.g:
+            return linear(h, self.w, self.b, self.act)
+        return linear(h.view(rows // self.g, -1), self.wg, self.bg, self.act).view(rows, -1)
 
 
 class SubpixelQueries:
@@ -176,10 +205,12 @@ class SubpixelQueries:
             return self._run_fast(mlp, rows, chunk, dtype)
 
     def select(self, cls_rows: torch.Tensor, j: int):
-        """Rows of class j: (row indices, (LR pixel index, sub-pixel index)), without divisions."""
+        """Rows of class j: (row indices, (LR pixel index, sub-pixel index)), without divisions,
+        grouped by sub-pixel: each group's first layer is one product with that sub-pixel's bias."""
         ss = self.s * self.s
-        pairs = torch.nonzero(cls_rows.view(-1, ss) == j).t()
-        return pairs[0] * ss + pairs[1], (pairs[0].contiguous(), pairs[1].contiguous())
+        sub, lr = torch.nonzero(cls_rows.view(-1, ss).t() == j).t()
+        sub, lr = sub.contiguous(), lr.contiguous()
+        return lr * ss + sub, (lr, sub)
 
     def _split_rows(self, rows):
         if isinstance(rows, tuple):
@@ -197,38 +228,63 @@ class SubpixelQueries:
         return mlp.after_first(h1)
 
     def _run_fast(self, mlp: MLP, rows, chunk: int, dtype: torch.dtype) -> torch.Tensor:
-        proj, bias = self.first_layer(mlp, dtype)
-        layers = [(m.weight.to(dtype), m.bias.to(dtype)) for m in mlp.layers[1:] if isinstance(m, nn.Linear)]
-        linear_relu = fused_linear_relu(proj)
-        ss = self.s * self.s
-        if rows is not None:
-            lr_idx, sub_idx = self._split_rows(rows)
-        total = self.rows if rows is None else lr_idx.numel()
-        out = torch.empty(total, layers[-1][0].shape[0] if layers else proj.shape[1], dtype=dtype, device=proj.device)
+        lins = [m for m in mlp.layers[1:] if isinstance(m, nn.Linear)]
+        layers = [_Layer(m, dtype, relu=i < len(lins) - 1) for i, m in enumerate(lins)]
+        width = mlp.layers[0].out_features
         if chunk is None:  # narrow MLPs take longer chunks: fewer calls, same cache footprint
-            chunk = CHUNK_ELEMENTS // max([proj.shape[1]] + [w.shape[0] for w, _ in layers])
-        step = max(1, chunk // ss) * ss  # whole LR pixels per chunk when every row is wanted
+            chunk = CHUNK_ELEMENTS // max([width] + [layer.w.shape[0] for layer in layers])
         if rows is None:
-            # proj + bias for all s*s sub-pixels of each LR pixel as one product with a stacked
-            # identity: a broadcast add with rows this short is several times slower, and this way
-            # the ReLU comes fused. Exact: the products are by 1 and 0.
-            width = proj.shape[1]
-            stack_w = torch.eye(width, dtype=dtype, device=proj.device).repeat(ss, 1)  # (ss*width, width)
-            stack_b = bias.reshape(-1)
-        for start in range(0, total, step):
-            if rows is None:
-                p = proj[start // ss:(start + step) // ss]
-                h = (linear_relu(p, stack_w, stack_b) if layers else torch.addmm(stack_b, p, stack_w.t())).view(-1, width)
-            else:
-                h = proj.index_select(0, lr_idx[start:start + step])
-                h += bias.index_select(0, sub_idx[start:start + step])
-                if layers:
-                    h.relu_()
-            for w, b in layers[:-1]:
-                h = linear_relu(h, w, b)
-            if layers:
-                h = torch.addmm(layers[-1][1], h, layers[-1][0].t())
-            out[start:start + h.shape[0]] = h
+            return self._run_dense(mlp, layers, chunk, dtype)
+        return self._run_rows(mlp, layers, rows, chunk, dtype)
+
+    def _run_dense(self, mlp: MLP, layers: list[_Layer], chunk: int, dtype: torch.dtype) -> torch.Tensor:
+        """Every output pixel. proj + bias for all s*s sub-pixels of an LR pixel is one product with a
+        stacked identity: a broadcast add with rows this short is several times slower, and this
+        way the ReLU comes fused. Exact: the products are by 1 and 0."""
+        proj, bias = self.first_layer(mlp, dtype)
+        linear = linear_op(proj)
+        ss, width = self.s * self.s, proj.shape[1]
+        stack_w = torch.eye(width, dtype=dtype, device=proj.device).repeat(ss, 1)  # (ss*width, width)
+        stack_b = bias.reshape(-1)
+        out = torch.empty(self.rows, layers[-1].w.shape[0] if layers else width, dtype=dtype, device=proj.device)
+        step = max(1, chunk // ss)  # whole LR pixels per chunk
+        for start in range(0, proj.shape[0], step):
+            h = linear(proj[start:start + step], stack_w, stack_b, "relu" if layers else "none").view(-1, width)
+            for layer in layers:
+                h = layer(linear, h)
+            out[start * ss:start * ss + h.shape[0]] = h
+        return out
+
+    def _run_rows(self, mlp: MLP, layers: list[_Layer], rows, chunk: int, dtype: torch.dtype) -> torch.Tensor:
+        """Some output pixels, taken a sub-pixel at a time: the first layer is then one product of the
+        gathered features with that sub-pixel's bias and the ReLU fused, instead of a gathered
+        projection plus a gathered bias plus a ReLU, three passes over the widest activations."""
+        lr_idx, sub_idx = self._split_rows(rows)
+        order = None
+        if sub_idx.numel() > 1 and not bool((sub_idx[1:] >= sub_idx[:-1]).all()):
+            sub_idx, order = torch.sort(sub_idx, stable=True)
+            lr_idx = lr_idx[order]
+        lin: nn.Linear = mlp.layers[0]
+        feat = self.feat_rows.to(dtype)
+        w1 = lin.weight[:, :self.c].to(dtype).contiguous()
+        bias = torch.addmm(lin.bias, self.offsets.to(lin.weight.dtype), lin.weight[:, self.c:].t()).to(dtype)
+        linear = linear_op(feat)
+        act = "relu" if layers else "none"
+        out = torch.empty(lr_idx.numel(), layers[-1].w.shape[0] if layers else w1.shape[0], dtype=dtype,
+                          device=feat.device)
+        start = 0
+        ends = torch.searchsorted(sub_idx, torch.arange(1, self.s * self.s + 1, device=sub_idx.device,
+                                                         dtype=sub_idx.dtype)).tolist()
+        for j, count in enumerate(e - s for s, e in zip([0] + ends[:-1], ends)):
+            for a in range(start, start + count, chunk):
+                b = min(a + chunk, start + count)
+                h = linear(feat.index_select(0, lr_idx[a:b]), w1, bias[j], act)
+                for layer in layers:
+                    h = layer(linear, h)
+                out[a:b] = h
+            start += count
+        if order is not None:
+            out = torch.empty_like(out).index_copy_(0, order, out)
         return out
 
     def bilinear(self, lr: torch.Tensor) -> torch.Tensor:
