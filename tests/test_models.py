@@ -174,3 +174,29 @@ def test_spec_round_trip_and_validation():
         build_model(ModelSpec(backbone="vgg"))
     with pytest.raises(WeightsError):
         build_model(ModelSpec(backbone="carn", backbone_args={"width": 3}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_heads_match_the_modules_on_every_row_and_on_rows_in_any_order(dtype):
+    """The fast path (grouped narrow layers in bf16, gathered rows a sub-pixel at a time) computes
+    the MLP that the plain modules compute, for all rows and for any subset in any order."""
+    from pcsr.models.heads import SubpixelQueries
+    torch.manual_seed(2)
+    feat = torch.randn(2, 8, 5, 6)
+    q = SubpixelQueries(feat, 4)
+    tol = 1e-5 if dtype == torch.float32 else 0.05
+    for mlp in (MLP(12, (20, 20), 3), MLP(12, (10,), 2), MLP(12, (), 3)):
+        with torch.no_grad():
+            want = q.run(mlp)  # autograd off and no dtype: the fast path in fp32; compare with modules
+        with torch.enable_grad():
+            plain = q.run(mlp).detach()
+        assert torch.allclose(want, plain, atol=1e-5)
+        with torch.inference_mode():
+            dense = q.run(mlp, dtype=dtype).float()
+            rows = torch.randperm(q.rows, generator=torch.Generator().manual_seed(3))[: q.rows // 3]
+            some = q.run(mlp, rows, dtype=dtype).float()
+            picked = q.select((torch.arange(q.rows) % 3 == 0).to(torch.uint8), 1)
+            selected = q.run(mlp, picked[1], dtype=dtype).float()
+        assert (dense - plain).abs().max() <= tol * plain.abs().max()
+        assert (some - plain[rows]).abs().max() <= tol * plain.abs().max()
+        assert (selected - plain[picked[0]]).abs().max() <= tol * plain.abs().max()

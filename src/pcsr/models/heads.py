@@ -155,10 +155,8 @@ class _Layer:
     def __init__(self, lin: nn.Linear, dtype: torch.dtype, relu: bool):
         self.w, self.b = lin.weight.to(dtype), lin.bias.to(dtype)
         self.act = "relu" if relu else "none"
-        widest = max(self.w.shape)
-        self.g = 1 if dtype == torch.float32 else max(1, GROUP_WIDTH // widest)
-        while self.g > 1 and 16 % self.g:  # divides the chunks of whole LR pixels (s*s rows, s = 4)
-            self.g -= 1
+        g = 1 if dtype == torch.float32 else max(1, GROUP_WIDTH // max(self.w.shape))  # fp32: no gain
+        self.g = 1 << (g.bit_length() - 1)  # a power of two, so that it divides most chunks
         if self.g > 1:
             self.wg = torch.block_diag(*[self.w] * self.g)
             self.bg = self.b.repeat(self.g)
