@@ -39,18 +39,3 @@ def test_default_model_upscales_without_being_named(tmp_path, capsys):
     assert out.size == (56, 40)
     report = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert report and 0 < report[-1]["flops"] <= report[-1]["max_flops"]
-
-
-def test_baseline_carn_is_bundled_and_loads_by_name():
-    """The comparison baseline: the original CARN (nf=64), trained here, with its card."""
-    path = weights.bundled_models()["carn-x4"]
-    assert path.stat().st_size < 2_000_000
-    card = path.with_suffix(".md").read_text()
-    assert "research" in card and "T91" in card and "| B100 | original |" in card
-    model = pcsr.load("carn-x4", device="cpu", precision="fp32")
-    assert not model.is_pcsr
-    assert model.spec.backbone == "carn" and model.spec.backbone_args == {"nf": 64, "groups": 4}
-    assert model.info.get("trained_by") == "pcsr train"
-    rng = np.random.default_rng(1)
-    up = model.upscale(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8))
-    assert up.image.size == (44, 36) and up.class_map is None and up.flops == up.max_flops > 0
