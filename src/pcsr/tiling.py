@@ -28,7 +28,7 @@ from .models.pcsr import Routing
 from .resize import imresize
 
 MIN_TILE = 16                 # LR pixels; below this the context dwarfs the tile
-CPU_BUDGET_CAP = 11 << 28     # 2.75 GiB (estimated; ~1.9 GB measured) per tile on a CPU: halo < 12 %
+CPU_BUDGET_CAP = 19 << 28     # 4.75 GiB estimated per tile on a CPU (CARN-PCSR: 1.7 GB measured): 8K in 4 tiles
 CPU_SHARE = 0.25              # of MemAvailable, leaving room for other processes
 CUDA_SHARE = 0.6              # of the device's free memory
 DEFAULT_BUDGET = 1 << 30      # when free memory cannot be read
