@@ -186,8 +186,11 @@ class SubpixelQueries:
         lin: nn.Linear = mlp.layers[0]
         feat = self.feat_rows if dtype is None else self.feat_rows.to(dtype)
         proj = feat @ lin.weight[:, : self.c].t().to(feat.dtype)
-        bias = torch.addmm(lin.bias, self.offsets.to(lin.weight.dtype), lin.weight[:, self.c:].t())
-        return proj, bias.to(proj.dtype)
+        return proj, self.subpixel_bias(lin).to(proj.dtype)
+
+    def subpixel_bias(self, lin: nn.Linear) -> torch.Tensor:
+        """(s*s, H1): the first layer's bias plus its coordinate part, per sub-pixel."""
+        return torch.addmm(lin.bias, self.offsets.to(lin.weight.dtype), lin.weight[:, self.c:].t())
 
     def run(self, mlp: MLP, rows=None, chunk: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The MLP on every output pixel (rows None) or on some: `rows` is a 1-D tensor of row indices
@@ -265,22 +268,21 @@ class SubpixelQueries:
         lin: nn.Linear = mlp.layers[0]
         feat = self.feat_rows.to(dtype)
         w1 = lin.weight[:, :self.c].to(dtype).contiguous()
-        bias = torch.addmm(lin.bias, self.offsets.to(lin.weight.dtype), lin.weight[:, self.c:].t()).to(dtype)
+        bias = self.subpixel_bias(lin).to(dtype)
         linear = linear_op(feat)
         act = "relu" if layers else "none"
         out = torch.empty(lr_idx.numel(), layers[-1].w.shape[0] if layers else w1.shape[0], dtype=dtype,
                           device=feat.device)
-        start = 0
-        ends = torch.searchsorted(sub_idx, torch.arange(1, self.s * self.s + 1, device=sub_idx.device,
-                                                         dtype=sub_idx.dtype)).tolist()
-        for j, count in enumerate(e - s for s, e in zip([0] + ends[:-1], ends)):
-            for a in range(start, start + count, chunk):
-                b = min(a + chunk, start + count)
+        ss = self.s * self.s
+        bounds = [0] + torch.searchsorted(sub_idx, torch.arange(1, ss + 1, device=sub_idx.device,
+                                                                 dtype=sub_idx.dtype)).tolist()
+        for j in range(ss):  # rows bounds[j]:bounds[j + 1] are sub-pixel j's
+            for a in range(bounds[j], bounds[j + 1], chunk):
+                b = min(a + chunk, bounds[j + 1])
                 h = linear(feat.index_select(0, lr_idx[a:b]), w1, bias[j], act)
                 for layer in layers:
                     h = layer(linear, h)
                 out[a:b] = h
-            start += count
         if order is not None:
             out = torch.empty_like(out).index_copy_(0, order, out)
         return out
