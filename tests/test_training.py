@@ -190,3 +190,22 @@ def test_cosine_schedule_and_average_loss():
     assert float(average_loss(even, 1)) == 0.0
     heavy = torch.stack([torch.zeros(2, 3, 3), torch.ones(2, 3, 3)], 1)
     assert float(average_loss(heavy, 1)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_uses_bf16_only_where_it_is_native(monkeypatch, capsys, native):
+    from pcsr.training import trainer as tr
+    monkeypatch.setattr(tr, "fast_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert tr.training_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert tr.training_precision("fp32", cpu) == "fp32"
+    assert tr.training_precision("bf16", cpu) == "bf16"  # asked for: kept, with a warning where it is emulated
+    assert ("emulated" in capsys.readouterr().err) is not native
+
+
+def test_run_records_the_precision_it_resolved(data, tmp_path):
+    from pcsr.training.trainer import fast_bf16
+    t = train(make(data, precision="auto", optim__iterations=1, val__folders=[]), tmp_path / "p", progress=False)
+    want = "bf16" if fast_bf16(torch.device("cpu")) else "fp32"
+    assert t.precision == want
+    assert read_checkpoint(tmp_path / "p" / "last.pt")["precision"] == want

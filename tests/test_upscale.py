@@ -393,10 +393,19 @@ def test_device_and_precision_that_cannot_run(cli, tmp_path, args, message):
     assert files_in(tmp_path) == ["a.png"]
 
 
-def test_bf16_runs_on_a_cpu(cli, tmp_path):
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_runs_on_a_cpu(cli, tmp_path, monkeypatch, native):
+    import warnings
+    from pcsr import api
+    monkeypatch.setattr(api, "fast_bf16", lambda device: native)
     _rgb(tmp_path / "a.png")
-    code, _, err = cli(tmp_path / "a.png", "--quiet", "--precision", "bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        code, _, err = cli(tmp_path / "a.png", "--quiet", "--precision", "bf16")
     assert code == 0, err
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert warned == ([] if native else [warned[0]]) and (native or "emulated" in warned[0])
+    assert (native or warned[0].startswith("pcsr upscale: warning: ")), err
     assert imageio.read_image(tmp_path / "a_x4.png").rgb.shape == (H * S, W * S, 3)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +96,9 @@ class Model:
         self.info = info or {}
         self.precision = choose_precision(self.device, self.info) if precision == "auto" else precision
         autocast(self.device, self.precision)  # validates the name and the device early
+        if self.precision == "bf16" and not fast_bf16(self.device):
+            warnings.warn(f"this {self.device.type.upper()} has no native bfloat16: bf16 is emulated and many "
+                          "times slower than fp32 here (use --precision auto)", stacklevel=2)
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         if self.precision != "fp32":
             self.net = with_inference_backbone(self.net, DTYPES[self.precision])

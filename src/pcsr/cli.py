@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .errors import PcsrError
 
@@ -201,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"pcsr {args.command}: warning: {message}", file=sys.stderr)  # one line, no source
+            return int(args.func(args) or 0)
     except PcsrError as e:
         print(f"pcsr {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -17,11 +17,29 @@ which stays bit-identical to the reference checkpoints.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 _conv_relu_op = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+
+
+@functools.lru_cache(maxsize=None)
+def fused_conv_works(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's fused convolutions run in `dtype` on this CPU: a private op of torch, and in
+    bf16 it needs AVX512 or AVX-NE-CONVERT (an AVX2-only CPU raises). Probed once per dtype."""
+    if _conv_relu_op is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x = torch.ones(1, 2, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w, b = torch.ones(2, 2, 1, 1, dtype=dtype), torch.zeros(2, dtype=dtype)
+        y = _conv_relu_op(x, w, b, [0, 0], [1, 1], [1, 1], 1, "relu", [], "")
+        z = _conv_relu_op.binary(x, y, w, b, [0, 0], [1, 1], [1, 1], 1, "add", None, "relu", [], "")
+        return bool((y == 2).all()) and bool((z == 4).all())
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +61,7 @@ class _Conv:
         self.groups, self.pad, self.relu = conv.groups, list(conv.padding), relu
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if _conv_relu_op is not None and x.device.type == "cpu":
+        if x.device.type == "cpu" and fused_conv_works(x.dtype):
             return _conv_relu_op(x, self.w, self.b, self.pad, [1, 1], [1, 1], self.groups,
                                  "relu" if self.relu else "none", [], "")
         y = F.conv2d(x, self.w, self.b, padding=self.pad, groups=self.groups)
@@ -89,7 +107,7 @@ class _Residual:
         self.b = conv.bias.detach().to(dtype)
 
     def __call__(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if _conv_relu_op is not None and h.device.type == "cpu":
+        if h.device.type == "cpu" and fused_conv_works(h.dtype):
             return _conv_relu_op.binary(h, x, self.w, self.b, [0, 0], [1, 1], [1, 1], 1, "add", None, "relu", [], "")
         return F.conv2d(h, self.w, self.b).add_(x).relu_()
 

@@ -85,7 +85,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     val: ValConfig = field(default_factory=ValConfig)
     device: str = "auto"
-    precision: str = "bf16"         # autocast dtype for forward passes; master weights stay fp32
+    precision: str = "auto"         # autocast dtype for forward passes (master weights stay fp32);
+                                    # auto: bf16 where the hardware runs it natively, else fp32
     channels_last: bool = True
     flush_denormal: bool = True     # tiny activations otherwise slow CPU arithmetic down many times
     threads: int = 0                # torch threads per process; 0 = the machine's cores / local processes
@@ -100,8 +101,8 @@ class TrainConfig:
             raise ConfigError("an original model (no upsamplers) trains in one phase: set phase: 0")
         if not spec.is_pcsr and (self.data.scale_range or self.data.queries):
             raise ConfigError("data.scale_range / data.queries need a PCSR model (upsamplers)")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if not self.data.folders:
             raise ConfigError("data.folders: give at least one folder of HR training images")
         if self.data.scale_range is not None and len(self.data.scale_range) != 2:

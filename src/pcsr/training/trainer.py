@@ -12,6 +12,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import weights as weights_io
-from ..api import Model, autocast
+from ..api import Model, autocast, fast_bf16
 from ..errors import PcsrError
 from ..models.pcsr import Routing, build_model
 from . import distributed as D
@@ -40,6 +41,18 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
             raise PcsrError("device cuda: no CUDA device is available")
         return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def training_precision(name: str, device: torch.device) -> str:
+    """The autocast precision a run uses. `auto` is bf16 only where the hardware runs it natively
+    (AMX / AVX512-BF16 CPUs, CUDA with bf16): elsewhere bf16 is emulated, and on an AVX2 CPU a
+    training step in bf16 is about 100 times slower than in fp32."""
+    if name == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    if name == "bf16" and not fast_bf16(device):
+        print(f"pcsr train: warning: this {device.type.upper()} has no native bfloat16, so precision bf16 is "
+              "emulated and many times slower than fp32; use precision: auto", file=sys.stderr)
+    return name
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -139,7 +152,8 @@ class Trainer:
         self.opt = torch.optim.Adam(self.params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                     weight_decay=cfg.optim.weight_decay)
         self.sched = CosineSchedule(self.opt, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.iterations)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.precision = training_precision(cfg.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.model = self.net
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -199,7 +213,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.dist.world,
             "best": self.best or {}, "last_val": json.dumps(self.last_val) if self.last_val else "",
-            "config": self.cfg.to_dict(), "spec": self.spec.to_dict(),
+            "config": self.cfg.to_dict(), "spec": self.spec.to_dict(), "precision": self.precision,
         }
 
     def _restore(self, ck: dict) -> None:
@@ -268,7 +282,7 @@ class Trainer:
 
     def step(self) -> tuple[float, dict]:
         batch = self.sampler.next()
-        with autocast(self.device, self.cfg.precision):
+        with autocast(self.device, self.precision):
             loss, parts = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -309,7 +323,7 @@ class Trainer:
         return {
             "trained_by": "pcsr train", "run": self.cfg.name, "phase": self.cfg.phase if self.is_pcsr else None,
             "iterations": self.iteration, "wall_time_hours": round(self.wall / 3600, 3),
-            "precision": self.cfg.precision, "batch_size": self.cfg.data.batch_size * self.dist.world,
+            "precision": self.precision, "batch_size": self.cfg.data.batch_size * self.dist.world,
             "lr_patch": self.cfg.data.lr_patch, "validation": self.last_val, "best": self.best,
             "data": [str(f) for f in self.cfg.data.folders], "licence": LICENCE_NOTE,
         }
@@ -418,7 +432,7 @@ def export(run_dir: str | Path, out: str | Path, which: str = "best") -> dict:
     info = {
         "trained_by": "pcsr train", "run": cfg.name, "phase": cfg.phase if cfg.model.upsamplers else None,
         "iterations": int(ck["iteration"]), "wall_time_hours": round(float(ck["wall_time"]) / 3600, 3),
-        "precision": cfg.precision, "batch_size": cfg.data.batch_size * int(ck.get("world_size", 1)),
+        "precision": ck.get("precision", cfg.precision), "batch_size": cfg.data.batch_size * int(ck.get("world_size", 1)),
         "lr_patch": cfg.data.lr_patch, "validation": json.loads(ck["last_val"]) if ck.get("last_val") else None,
         "best": ck.get("best") or None, "data": list(cfg.data.folders), "licence": LICENCE_NOTE,
     }
