@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=[], help="the run folders that made it, in order")
     ap.add_argument("--data", nargs="+", required=True, help="validation folders")
     ap.add_argument("--note", default="", help="a free-text paragraph for the card")
+    ap.add_argument("--machine", default="2 CPU cores (AMX), no GPU", help="where it was trained")
     args = ap.parse_args()
 
     path = Path(args.weights)
@@ -73,7 +74,7 @@ def main() -> None:
         for f in facts:
             lines.append(f"| {f['run']} | {f['phase']} | {f['iterations']} (schedule {f['schedule']}) | {f['wall_hours']} | "
                          f"{f['precision']} | {f['batch']} | {f['lr_patch']} | {f['queries'] or 'all'} |")
-        lines += ["", "Machine: 2 CPU cores (AMX), no GPU. Adam (0.9, 0.99), cosine annealing to 1e-7.", ""]
+        lines += ["", f"Machine: {args.machine}. Adam (0.9, 0.99), cosine annealing to 1e-7.", ""]
         lines += ["## Data and licence", "",
                   "HR images: " + ", ".join(Path(p).name for p in facts[0]["folders"]) + ". "
                   "T91, BSD200 (Berkeley Segmentation Dataset: non-commercial research use) and SunHays80 carry "

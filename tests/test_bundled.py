@@ -39,3 +39,15 @@ def test_default_model_upscales_without_being_named(tmp_path, capsys):
     assert out.size == (56, 40)
     report = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert report and 0 < report[-1]["flops"] <= report[-1]["max_flops"]
+
+
+def test_baseline_carn_is_bundled_with_its_card():
+    bundled = weights.bundled_models()
+    assert "carn-x4" in bundled and bundled["carn-x4"].stat().st_size < 2_000_000
+    card = bundled["carn-x4"].with_suffix(".md").read_text()
+    assert "research" in card and "T91" in card and "| B100 |" in card
+    model = pcsr.load("carn-x4", device="cpu", precision="fp32")
+    assert not model.is_pcsr and model.info.get("trained_by") == "pcsr train"
+    assert model.spec.backbone == "carn" and model.spec.backbone_args == {"nf": 64, "groups": 4}
+    out = model.upscale(np.random.default_rng(1).integers(0, 256, (6, 9, 3), dtype=np.uint8))
+    assert out.image.size == (36, 24) and out.class_map is None and out.flops == out.max_flops > 0
