@@ -34,6 +34,13 @@ def fast_bf16(device: torch.device) -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
+def emulated_bf16(device: torch.device) -> str:
+    """Why bf16 is a bad choice on `device` ("" where it runs natively)."""
+    if fast_bf16(device):
+        return ""
+    return f"this {device.type.upper()} has no native bfloat16: bf16 is emulated and many times slower than fp32 here"
+
+
 def choose_precision(device: torch.device, info: dict) -> str:
     """`--precision auto`: a reduced precision only where it was measured to cost at most 0.01 dB and
     1 % of the FLOPs for this model (`info["reduced_precision_ok"]`, written by benchmarks/precision.py),
@@ -96,9 +103,8 @@ class Model:
         self.info = info or {}
         self.precision = choose_precision(self.device, self.info) if precision == "auto" else precision
         autocast(self.device, self.precision)  # validates the name and the device early
-        if self.precision == "bf16" and not fast_bf16(self.device):
-            warnings.warn(f"this {self.device.type.upper()} has no native bfloat16: bf16 is emulated and many "
-                          "times slower than fp32 here (use --precision auto)", stacklevel=2)
+        if self.precision == "bf16" and (why := emulated_bf16(self.device)):
+            warnings.warn(f"{why} (use --precision auto)", stacklevel=2)
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         if self.precision != "fp32":
             self.net = with_inference_backbone(self.net, DTYPES[self.precision])

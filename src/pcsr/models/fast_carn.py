@@ -59,9 +59,10 @@ class _Conv:
         self.w = conv.weight.detach().to(dtype).contiguous()
         self.b = conv.bias.detach().to(dtype) if conv.bias is not None else None
         self.groups, self.pad, self.relu = conv.groups, list(conv.padding), relu
+        self.fused = self.w.device.type == "cpu" and fused_conv_works(dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and fused_conv_works(x.dtype):
+        if self.fused:
             return _conv_relu_op(x, self.w, self.b, self.pad, [1, 1], [1, 1], self.groups,
                                  "relu" if self.relu else "none", [], "")
         y = F.conv2d(x, self.w, self.b, padding=self.pad, groups=self.groups)
@@ -105,9 +106,10 @@ class _Residual:
     def __init__(self, conv: nn.Conv2d, dtype: torch.dtype):
         self.w = conv.weight.detach().to(dtype).contiguous()
         self.b = conv.bias.detach().to(dtype)
+        self.fused = self.w.device.type == "cpu" and fused_conv_works(dtype)
 
     def __call__(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if h.device.type == "cpu" and fused_conv_works(h.dtype):
+        if self.fused:
             return _conv_relu_op.binary(h, x, self.w, self.b, [0, 0], [1, 1], [1, 1], 1, "add", None, "relu", [], "")
         return F.conv2d(h, self.w, self.b).add_(x).relu_()
 

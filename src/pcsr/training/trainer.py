@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import weights as weights_io
-from ..api import Model, autocast, fast_bf16
+from ..api import Model, autocast, emulated_bf16
 from ..errors import PcsrError
 from ..models.pcsr import Routing, build_model
 from . import distributed as D
@@ -47,11 +47,11 @@ def training_precision(name: str, device: torch.device) -> str:
     """The autocast precision a run uses. `auto` is bf16 only where the hardware runs it natively
     (AMX / AVX512-BF16 CPUs, CUDA with bf16): elsewhere bf16 is emulated, and on an AVX2 CPU a
     training step in bf16 is about 100 times slower than in fp32."""
+    why = emulated_bf16(device) if name in ("auto", "bf16") else ""
     if name == "auto":
-        return "bf16" if fast_bf16(device) else "fp32"
-    if name == "bf16" and not fast_bf16(device):
-        print(f"pcsr train: warning: this {device.type.upper()} has no native bfloat16, so precision bf16 is "
-              "emulated and many times slower than fp32; use precision: auto", file=sys.stderr)
+        return "fp32" if why else "bf16"
+    if why:
+        print(f"pcsr train: warning: {why} (use precision: auto)", file=sys.stderr)
     return name
 
 
