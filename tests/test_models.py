@@ -178,8 +178,9 @@ def test_spec_round_trip_and_validation():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_heads_match_the_modules_on_every_row_and_on_rows_in_any_order(dtype):
-    """The fast path (grouped narrow layers in bf16, gathered rows a sub-pixel at a time) computes
-    the MLP that the plain modules compute, for all rows and for any subset in any order."""
+    """The fast path (grouped narrow layers in bf16, gathered rows a sub-pixel at a time, in fp32
+    from gathered first-layer projections when rows are many) computes the MLP that the plain
+    modules compute, for all rows and for any subset in any order, few or many."""
     from pcsr.models.heads import SubpixelQueries
     torch.manual_seed(2)
     feat = torch.randn(2, 8, 5, 6)
@@ -194,9 +195,11 @@ def test_fast_heads_match_the_modules_on_every_row_and_on_rows_in_any_order(dtyp
         with torch.inference_mode():
             dense = q.run(mlp, dtype=dtype).float()
             rows = torch.randperm(q.rows, generator=torch.Generator().manual_seed(3))[: q.rows // 3]
-            some = q.run(mlp, rows, dtype=dtype).float()
+            some = q.run(mlp, rows, dtype=dtype).float()  # 5.3 rows per LR pixel
+            few = q.run(mlp, rows[: q.rows // 10], dtype=dtype).float()  # 1.6
             picked = q.select((torch.arange(q.rows) % 3 == 0).to(torch.uint8), 1)
             selected = q.run(mlp, picked[1], dtype=dtype).float()
         assert (dense - plain).abs().max() <= tol * plain.abs().max()
         assert (some - plain[rows]).abs().max() <= tol * plain.abs().max()
+        assert (few - plain[rows[: q.rows // 10]]).abs().max() <= tol * plain.abs().max()
         assert (selected - plain[picked[0]]).abs().max() <= tol * plain.abs().max()

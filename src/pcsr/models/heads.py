@@ -117,6 +117,8 @@ def subpixel_offsets(s: int, device=None, dtype=torch.float32) -> torch.Tensor:
 CHUNK_ELEMENTS = 1_200_000  # hidden activations per MLP chunk: a few MB, so they stay in cache
 
 
+GATHER_PROJ_ROWS = 4  # rows per LR pixel from which fp32 gathers first-layer projections (measured)
+
 GROUP_WIDTH = 80  # reduced precision: narrow layers run on g rows at once, g * width <= this
 
 
@@ -271,6 +273,12 @@ class SubpixelQueries:
         bias = self.subpixel_bias(lin).to(dtype)
         linear = linear_op(feat)
         act = "relu" if layers else "none"
+        # fp32 and many rows per LR pixel: project every LR pixel once and gather the projections, as
+        # products cost more than the wider gather there (2-core AVX2, demo_hr at k = 0, 4.7 rows per
+        # LR pixel: heavy upsampler 210-265 -> 185-205 ms; no gain at 2); reduced precision keeps
+        # the per-row product, which is cheap
+        gather_proj = dtype == torch.float32 and lr_idx.numel() >= GATHER_PROJ_ROWS * feat.shape[0]
+        proj = feat @ w1.t() if gather_proj else None
         out = torch.empty(lr_idx.numel(), layers[-1].w.shape[0] if layers else w1.shape[0], dtype=dtype,
                           device=feat.device)
         ss = self.s * self.s
@@ -279,7 +287,11 @@ class SubpixelQueries:
         for j in range(ss):  # rows bounds[j]:bounds[j + 1] are sub-pixel j's
             for a in range(bounds[j], bounds[j + 1], chunk):
                 b = min(a + chunk, bounds[j + 1])
-                h = linear(feat.index_select(0, lr_idx[a:b]), w1, bias[j], act)
+                if proj is None:
+                    h = linear(feat.index_select(0, lr_idx[a:b]), w1, bias[j], act)
+                else:
+                    h = proj.index_select(0, lr_idx[a:b]).add_(bias[j])
+                    h = h.relu_() if layers else h
                 for layer in layers:
                     h = layer(linear, h)
                 out[a:b] = h
