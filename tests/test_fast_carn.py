@@ -4,7 +4,8 @@ import torch
 
 from pcsr import api
 from pcsr.models.backbones import CARN, CARNConfig
-from pcsr.models.fast_carn import FastCARN
+from pcsr.models.fast_carn import (FastCARN, _AccumulatingCascade, _ChainedCascade, chained_fp32_works,
+                                   fused_conv_works)
 from pcsr.models.pcsr import PCSR, Routing
 from pcsr.models.specs import ModelSpec
 
@@ -43,17 +44,42 @@ def test_bf16_form_is_close_and_finite():
     assert rel.item() < 2e-2
 
 
-def test_model_uses_fast_form_only_in_reduced_precision_and_leaves_the_net_alone():
+@pytest.mark.filterwarnings("ignore:this CPU has no native bfloat16")
+def test_model_uses_the_fast_form_and_leaves_the_net_alone():
     torch.manual_seed(0)
     net = PCSR(ModelSpec("carn", {"nf": 16, "groups": 4}, 4, ((8,), (16, 16)), (8,)))
     net.eval()
     fp32 = api.Model(net, device="cpu", precision="fp32")
     bf16 = api.Model(net, device="cpu", precision="bf16")
-    assert isinstance(fp32.net.backbone, CARN)
+    # fp32: the chained form where oneDNN's fused convolutions run, else the plain module
+    assert isinstance(fp32.net.backbone, FastCARN if chained_fp32_works(torch.device("cpu")) else CARN)
     assert isinstance(bf16.net.backbone, FastCARN)
     assert isinstance(net.backbone, CARN)
     lr = torch.rand(1, 3, 12, 15)
+    with torch.inference_mode():
+        plain = net.infer(lr, routing_=Routing(budget=1.0)).sr
     a = fp32.run(lr, Routing(budget=1.0)).sr
     b = bf16.run(lr, Routing(budget=1.0)).sr
     assert b.shape == a.shape == (1, 3, 48, 60)
+    assert (a - plain).abs().max().item() < 1e-5
     assert (a - b).abs().mean().item() < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_both_cascade_forms_compute_the_fusions(dtype):
+    """The chained (fp32) and accumulating (reduced precision) cascades both compute the plain
+    fusions: the 1x1 convolution of the concatenation, batch norm, ReLU."""
+    net = _carn(None, nf=8, groups=2, seed=3)
+    block = net.blocks[0]
+    x = [torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last) for _ in range(4)]
+    kinds = [_AccumulatingCascade] + ([_ChainedCascade] if dtype == torch.float32 and fused_conv_works(dtype) else [])
+    tol = 1e-5 if dtype == torch.float32 else 0.05
+    with torch.inference_mode():
+        want = [f(torch.cat(x[:k + 2], 1)) for k, f in enumerate(block.fuse)]
+        for kind in kinds:
+            fusions = kind(block.fuse, 8, dtype).open(x[0].to(dtype))
+            for k in range(3):
+                fusions.push(x[k + 1].to(dtype))
+                got = fusions.take(k).float()
+                assert got.shape == want[k].shape
+                assert (got - want[k]).abs().max() <= tol * want[k].abs().max(), (kind, k)

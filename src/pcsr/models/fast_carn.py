@@ -1,19 +1,24 @@
-"""CARN rebuilt for reduced-precision inference: the same function, far less memory traffic.
+"""CARN rebuilt for inference: the same function, far less memory traffic.
 
-Profiled in bf16 on a CPU, the plain module spends more time moving data than computing: every
-cascading step concatenates all earlier outputs again (torch.cat of strided channels_last
-tensors: a third of the backbone), ReLUs run as separate passes over memory, and each batch
-norm is its own pass. Here
-- nothing is concatenated: a 1x1 fusion of [x0, x1, ..., xk] is the sum of one product per input,
-  so each new output is multiplied once by the weight blocks of every later fusion it feeds and
-  added into their accumulators by the matrix product itself (beta = 1), and a fusion's ReLU is
-  the pass that reads its accumulator out as the next convolution's input;
+Profiled on a CPU, the plain module spends much of its time moving data rather than computing:
+every cascading step concatenates all earlier outputs again (torch.cat of strided channels_last
+tensors: 17 % of CARN-M in fp32 on a 2-core AVX2 CPU, a third in bf16), ReLUs and additions run
+as separate passes over memory, and each batch norm is its own pass. Here
+- nothing is concatenated: a 1x1 fusion of [x0, x1, ..., xk] is the sum of one product per input.
+  Two ways to form that sum, one per precision, each the faster where it was measured:
+  * reduced precision (`_AccumulatingCascade`): each new output is multiplied once by the weight
+    blocks of every later fusion it feeds and added into their accumulators by the matrix product
+    itself (beta = 1); a fusion's ReLU is the pass that reads its accumulator out;
+  * fp32 (`_ChainedCascade`): each fusion is a chain of 1x1 convolutions, one per input, each
+    adding the previous partial sum as a oneDNN post-op, the last one with the ReLU fused. On an
+    AVX2 CPU the accumulating form runs its products through a BLAS that reaches about half the
+    convolutions' speed on these narrow shapes and gains nothing; the chain saves 8-9 %;
 - batch norm is folded into the fusion weights (eval mode only);
 - 3x3 convolutions run with the ReLU fused, and the residual unit's 1x1 convolution with its
   addition and ReLU (oneDNN post-ops) where the CPU build has them;
 - weights are converted to the compute dtype once, not at every call by autocast.
-The tail of an "original" CARN runs unchanged. Training and fp32 inference use the plain module,
-which stays bit-identical to the reference checkpoints.
+The tail of an "original" CARN runs unchanged. Training uses the plain module; in fp32 the two
+agree to float rounding (a few 1e-7 relative), not bit for bit.
 """
 from __future__ import annotations
 
@@ -69,35 +74,85 @@ class _Conv:
         return F.relu_(y) if self.relu else y
 
 
-class _Cascade:
+def _folded_fusions(fuses) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight (out, in), bias) in float64 of each 1x1 fusion with its batch norm folded in."""
+    out = []
+    for f in fuses:
+        conv, bn = f[0], f[1]
+        w = conv.weight.detach().double().flatten(1)
+        b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        out.append((w * scale[:, None], (b - bn.running_mean.double()) * scale + bn.bias.detach().double()))
+    return out
+
+
+class _AccumulatingCascade:
     """The fusions of one cascade, k = 0..K-1, fusion k taking the concatenation of inputs 0..k+1
-    (each nf channels), with batch norm folded in. `start(x0)` returns the accumulators (pixels,
-    K * nf), `add(acc, i, xi)` adds input i's share to every fusion that takes it, `take(acc, k)` is
-    fusion k after its ReLU, as contiguous pixel rows."""
+    (each nf channels). `open(x0)` starts one pass: accumulators (pixels, K * nf); `push(x)` adds
+    the next input's share to every fusion that takes it; `take(k)` is fusion k after its ReLU."""
 
     def __init__(self, fuses, nf: int, dtype: torch.dtype):
-        ws, bs = [], []
-        for f in fuses:
-            conv, bn = f[0], f[1]
-            w = conv.weight.detach().double().flatten(1)
-            b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-            scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-            ws.append(w * scale[:, None])
-            bs.append((b - bn.running_mean.double()) * scale + bn.bias.detach().double())
+        folded = _folded_fusions(fuses)
         self.nf, self.k = nf, len(fuses)
-        self.bias = torch.cat(bs).to(dtype)
+        self.bias = torch.cat([b for _, b in folded]).to(dtype)
         # input i feeds fusions max(i - 1, 0)..K-1: their weight blocks for it, side by side, (nf, n * nf)
-        self.blocks = [torch.cat([ws[k][:, i * nf:(i + 1) * nf] for k in range(max(i - 1, 0), self.k)]).t()
+        self.blocks = [torch.cat([folded[k][0][:, i * nf:(i + 1) * nf] for k in range(max(i - 1, 0), self.k)]).t()
                        .contiguous().to(dtype) for i in range(self.k + 1)]
 
-    def start(self, x_rows: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x_rows, self.blocks[0])
+    def open(self, x0: torch.Tensor) -> "_AccumulatingCascade._Pass":
+        return self._Pass(self, x0)
 
-    def add(self, acc: torch.Tensor, i: int, rows: torch.Tensor) -> None:
-        acc[:, (i - 1) * self.nf:].addmm_(rows, self.blocks[i])
+    class _Pass:
+        def __init__(self, cascade, x0):
+            self.c, self.shape, self.i = cascade, x0.shape, 0
+            self.acc = torch.addmm(cascade.bias, _rows(x0), cascade.blocks[0])
 
-    def take(self, acc: torch.Tensor, k: int) -> torch.Tensor:
-        return torch.relu(acc[:, k * self.nf:(k + 1) * self.nf])
+        def push(self, x: torch.Tensor) -> None:
+            self.i += 1
+            self.acc[:, (self.i - 1) * self.c.nf:].addmm_(_rows(x), self.c.blocks[self.i])
+
+        def take(self, k: int) -> torch.Tensor:
+            n, _, h, w = self.shape
+            return _image(torch.relu(self.acc[:, k * self.c.nf:(k + 1) * self.c.nf]), n, h, w)
+
+
+class _ChainedCascade:
+    """The same fusions as `_AccumulatingCascade`, fusion k as a chain of k + 2 fused 1x1
+    convolutions (oneDNN post-ops: add the partial sum; the last one also its ReLU)."""
+
+    def __init__(self, fuses, nf: int, dtype: torch.dtype):
+        self.nf, self.k = nf, len(fuses)
+        self.weights = [[w[:, i * nf:(i + 1) * nf].reshape(nf, nf, 1, 1).to(dtype).contiguous()
+                         for i in range(w.shape[1] // nf)] for w, _ in _folded_fusions(fuses)]
+        self.biases = [b.to(dtype) for _, b in _folded_fusions(fuses)]
+
+    def open(self, x0: torch.Tensor) -> "_ChainedCascade._Pass":
+        return self._Pass(self, x0)
+
+    class _Pass:
+        def __init__(self, cascade, x0):
+            self.c, self.inputs = cascade, [x0]
+
+        def push(self, x: torch.Tensor) -> None:
+            self.inputs.append(x)
+
+        def take(self, k: int) -> torch.Tensor:
+            ws, last = self.c.weights[k], len(self.c.weights[k]) - 1
+            acc = _conv_relu_op(self.inputs[0], ws[0], self.c.biases[k], [0, 0], [1, 1], [1, 1], 1, "none", [], "")
+            for i in range(1, last + 1):
+                acc = _conv_relu_op.binary(self.inputs[i], acc, ws[i], None, [0, 0], [1, 1], [1, 1], 1, "add", None,
+                                           "relu" if i == last else None, [], "")
+            return acc
+
+
+def chained_fp32_works(device: torch.device) -> bool:
+    """Whether the fp32 form has its fused convolutions here (else fp32 keeps the plain module)."""
+    return device.type == "cpu" and fused_conv_works(torch.float32)
+
+
+def make_cascade(fuses, nf: int, dtype: torch.dtype):
+    chained = dtype == torch.float32 and chained_fp32_works(fuses[0][0].weight.device)
+    return (_ChainedCascade if chained else _AccumulatingCascade)(fuses, nf, dtype)
 
 
 class _Residual:
@@ -121,16 +176,13 @@ class _Block:
         body = block.unit.body
         self.conv1, self.conv2 = _Conv(body[0], dtype, relu=True), _Conv(body[2], dtype, relu=True)
         self.residual = _Residual(body[4], dtype)
-        self.cascade = _Cascade(block.fuse, body[0].out_channels, dtype)
+        self.cascade = make_cascade(block.fuse, body[0].out_channels, dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        acc = self.cascade.start(_rows(x))
-        out = x
+        fusions, out = self.cascade.open(x), x
         for i in range(self.cascade.k):
-            unit = self.residual(self.conv2(self.conv1(out)), out)
-            self.cascade.add(acc, i + 1, _rows(unit))
-            out = _image(self.cascade.take(acc, i), n, h, w)
+            fusions.push(self.residual(self.conv2(self.conv1(out)), out))
+            out = fusions.take(i)
         return out
 
 
@@ -142,7 +194,7 @@ class FastCARN(nn.Module):
         self.cfg, self.scale, self.out_channels, self.dtype = carn.cfg, carn.scale, carn.out_channels, dtype
         self.entry = _Conv(carn.entry, dtype, relu=False)
         self.blocks = [_Block(b, dtype) for b in carn.blocks]
-        self.cascade = _Cascade(carn.fuse, carn.cfg.nf, dtype)
+        self.cascade = make_cascade(carn.fuse, carn.cfg.nf, dtype)
         self._flops, self._radius = carn.flops, carn.receptive_radius
         if carn.scale:
             self.upsample, self.exit = carn.upsample, carn.exit
@@ -156,12 +208,11 @@ class FastCARN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        n, _, h, w = x.shape
         out = self.entry(x)
-        acc = self.cascade.start(_rows(out))
+        fusions = self.cascade.open(out)
         for i, block in enumerate(self.blocks):
-            self.cascade.add(acc, i + 1, _rows(block(out)))
-            out = _image(self.cascade.take(acc, i), n, h, w)
+            fusions.push(block(out))
+            out = fusions.take(i)
         if self.scale:
             out = self.exit(self.upsample(out))
         return out
