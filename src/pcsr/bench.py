@@ -1,8 +1,11 @@
 """`pcsr bench`: wall time of models in one process, after a warm-up, on one image.
 
-Times the same `Model.run` path that `pcsr upscale` and `pcsr eval` use. With --profile, a
-breakdown by stage (backbone, classifier, routing, each upsampler, assembly) from the
-`record_function` labels inside the models.
+Times the same `Model.run` path that `pcsr upscale` and `pcsr eval` use. The timed runs are
+interleaved: round r runs every setting once, so that a machine whose speed drifts (shared
+or throttled cores: 10-20 % within minutes on the 2-core machines we measure on) slows all
+settings alike, and the speed of each against the first is the median of the per-round ratios.
+With --profile, a breakdown by stage (backbone, classifier, routing, each upsampler, assembly)
+from the `record_function` labels inside the models.
 """
 from __future__ import annotations
 
@@ -18,8 +21,12 @@ from .errors import PcsrError
 def add_parser(sub):
     p = sub.add_parser("bench", help="median wall time, megapixels/s and FLOPs of models on one image",
                        description="Runs each model on one image (after a warm-up) and reports the median "
-                                   "wall time, output megapixels per second, FLOPs and heavy fraction.")
-    p.add_argument("--model", action="append", required=True, help="model name or path (repeatable)")
+                                   "wall time, output megapixels per second, FLOPs and heavy fraction. "
+                                   "Timed runs are interleaved (each round runs every setting once); the "
+                                   "'speed' column is each setting's speed against the first one, the "
+                                   "median of the per-round ratios: put the baseline first.")
+    p.add_argument("--model", action="append", required=True,
+                   help="model name or path (repeatable; the first is the baseline of 'speed')")
     p.add_argument("-i", "--input", required=True, help="input image (taken as the LR input)")
     p.add_argument("--from-hr", action="store_true",
                    help="treat the image as HR: bench on its MATLAB-bicubic downscale by the model's scale")
@@ -41,18 +48,25 @@ def _lr(path: str, scale: int, from_hr: bool) -> torch.Tensor:
     return (make_lr(img, scale)[1] if from_hr else img).unsqueeze(0)
 
 
-def time_model(model, lr, routing, repeat: int, path: str = "auto"):
-    """(median seconds, last result): one warm-up run, then `repeat` timed runs."""
+def _call(model, lr, routing, path: str):
     kwargs = {"path": path} if model.is_pcsr else {}
-    model.run(lr, routing, **kwargs)
-    times = []
+    t0 = time.perf_counter()
+    res = model.run(lr, routing, **kwargs)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, res
+
+
+def time_settings(settings, routing, repeat: int):
+    """Per setting (model, lr, path): (seconds of each timed run, last result). One warm-up run of
+    each, then `repeat` rounds that run every setting once, in order."""
+    results = [_call(model, lr, routing, path)[1] for model, lr, path in settings]
+    times: list[list[float]] = [[] for _ in settings]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        res = model.run(lr, routing, **kwargs)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), res
+        for i, (model, lr, path) in enumerate(settings):
+            sec, results[i] = _call(model, lr, routing, path)
+            times[i].append(sec)
+    return times, results
 
 
 def stage_profile(model, lr, routing, path: str = "auto") -> dict[str, float]:
@@ -77,33 +91,38 @@ def run(args) -> int:
     if args.repeat < 1:
         raise PcsrError("--repeat must be at least 1")
     routing = Routing(k=args.k)
-    rows = []
+    settings, names = [], []
     for name in args.model:
         for prec in args.precision or ["fp32"]:
             model = api.load(name, device=args.device, precision=prec)
             lr = _lr(args.input, model.scale, args.from_hr)
-            paths = ["auto"] + (["query"] if args.reference and model.is_pcsr else [])
-            for path in paths:
-                sec, res = time_model(model, lr, routing, args.repeat, path)
-                out_px = res.sr.shape[-2] * res.sr.shape[-1]
-                heavy = None if res.counts is None else res.counts[0][-1] / sum(res.counts[0])
-                row = {"model": name, "precision": model.precision, "path": "query" if path == "query" else "fast",
-                       "input": f"{lr.shape[-1]}x{lr.shape[-2]}", "output": f"{res.sr.shape[-1]}x{res.sr.shape[-2]}",
-                       "seconds": sec, "mpix_per_s": out_px / sec / 1e6, "gflops": res.flops[0] / 1e9,
-                       "max_gflops": res.max_flops[0] / 1e9, "heavy_fraction": heavy,
-                       "threads": torch.get_num_threads(), "device": str(model.device)}
-                if args.profile:
-                    row["stages"] = stage_profile(model, lr, routing, path)
-                rows.append(row)
-                if args.json:
-                    print(json.dumps(row), flush=True)
+            for path in ["auto"] + (["query"] if args.reference and model.is_pcsr else []):
+                settings.append((model, lr, path))
+                names.append(name)
+    times, results = time_settings(settings, routing, args.repeat)
+    rows = []
+    for name, (model, lr, path), t, res in zip(names, settings, times, results):
+        out_px = res.sr.shape[-2] * res.sr.shape[-1]
+        sec = statistics.median(t)
+        heavy = None if res.counts is None else res.counts[0][-1] / sum(res.counts[0])
+        row = {"model": name, "precision": model.precision, "path": "query" if path == "query" else "fast",
+               "input": f"{lr.shape[-1]}x{lr.shape[-2]}", "output": f"{res.sr.shape[-1]}x{res.sr.shape[-2]}",
+               "seconds": sec, "mpix_per_s": out_px / sec / 1e6,
+               "speed_vs_first": statistics.median(a / b for a, b in zip(times[0], t)),
+               "times": t, "gflops": res.flops[0] / 1e9, "max_gflops": res.max_flops[0] / 1e9,
+               "heavy_fraction": heavy, "threads": torch.get_num_threads(), "device": str(model.device)}
+        if args.profile:
+            row["stages"] = stage_profile(model, lr, routing, path)
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
     if not args.json:
         print(f"{'model':34s} {'prec':5s} {'path':5s} {'output':>10s} {'median s':>9s} {'MP/s':>6s} "
-              f"{'GFLOPs':>8s} {'heavy':>6s}")
+              f"{'speed':>6s} {'GFLOPs':>8s} {'heavy':>6s}")
         for r in rows:
             hf = "" if r["heavy_fraction"] is None else f"{r['heavy_fraction'] * 100:5.1f}%"
             print(f"{r['model'][-34:]:34s} {r['precision']:5s} {r['path']:5s} {r['output']:>10s} "
-                  f"{r['seconds']:9.3f} {r['mpix_per_s']:6.2f} {r['gflops']:8.2f} {hf:>6s}")
+                  f"{r['seconds']:9.3f} {r['mpix_per_s']:6.2f} {r['speed_vs_first']:5.2f}x {r['gflops']:8.2f} {hf:>6s}")
             if "stages" in r:
                 print("    " + "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in r["stages"].items()))
     return 0
