@@ -203,3 +203,16 @@ def test_fast_heads_match_the_modules_on_every_row_and_on_rows_in_any_order(dtyp
         assert (some - plain[rows]).abs().max() <= tol * plain.abs().max()
         assert (few - plain[rows[: q.rows // 10]]).abs().max() <= tol * plain.abs().max()
         assert (selected - plain[picked[0]]).abs().max() <= tol * plain.abs().max()
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 4, 5])
+def test_subpixel_bilinear_rows_equal_interpolation(scale):
+    """The sub-pixel path's bilinear base (one small convolution, rows in sub-pixel order) is
+    torch's bilinear interpolation (align_corners=False, clamped edges) in that order."""
+    from pcsr.models.heads import SubpixelQueries
+    lr = torch.rand(2, 3, 6, 9)
+    q = SubpixelQueries(torch.rand(2, 4, 6, 9), scale)
+    want = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="bilinear", align_corners=False)
+    got = q.bilinear(lr)
+    assert got.shape == (2 * 6 * 9 * scale * scale, 3)
+    assert (q.to_image(got) - want).abs().max() < 1e-6

@@ -190,7 +190,7 @@ class PCSR(nn.Module):
                     res.index_copy_(0, rows, q.run(u, split).float())
         with record_function("assemble"):
             # bilinear(x) + mean = bilinear(lr): the mean rides on the bilinear base for free
-            sr = q.to_image(res).add_(q.bilinear_image(lr.to(x.dtype)).float())
+            sr = q.to_image(res.add_(q.bilinear(lr.to(x.dtype)).float()))
             cls_img = q.to_image(cls_rows)
             if r.refine:
                 sr = routing.refine(sr, cls_img)
