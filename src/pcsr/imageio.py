@@ -470,6 +470,11 @@ def _quantize(values: np.ndarray, top: float) -> np.ndarray:
     return scaled.astype(np.uint16 if top > 255 else np.uint8)
 
 
+# zlib level of PNG output. 1, as OpenCV (and so Real-ESRGAN) writes: on a 30 MP result 2.9 s and
+# 28 MB, against 9.2 s and 24 MB at 6, PIL's default, which made writing a third of the wait.
+PNG_LEVEL = 1
+
+
 def _save_options(fmt: str, quality: int, icc: bytes | None, exif: bytes | None) -> dict:
     options: dict = {}
     if icc:
@@ -484,7 +489,7 @@ def _save_options(fmt: str, quality: int, icc: bytes | None, exif: bytes | None)
         options["quality"] = quality
         options["lossless"] = False
     elif fmt == "PNG":
-        options["compress_level"] = 6
+        options["compress_level"] = PNG_LEVEL
     elif fmt == "TIFF" and features.check("libtiff"):
         options["compression"] = "tiff_deflate"
     return options
@@ -558,7 +563,7 @@ def _write_png16(f: BinaryIO, pixels: np.ndarray, icc: bytes | None, exif: bytes
     if exif:
         _png_chunk(f, b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
     bpp = 2 * channels
-    compressor = zlib.compressobj(6)
+    compressor = zlib.compressobj(PNG_LEVEL)
     pending = b""
     rows_per_block = max(1, (1 << 20) // max(1, width * bpp))
     for start in range(0, height, rows_per_block):
