@@ -523,3 +523,36 @@ def test_integer_samples_write_like_floats(tmp_path, mode, bits, channels):
     assert np.array_equal(np.rint(a.rgb[..., :channels] * top), samples)
     if alpha is not None:
         assert np.array_equal(a.alpha, b.alpha)
+
+
+def test_output_file_for_one_input(cli, tmp_path):
+    """-o with an image extension names the output file when there is one input; the extension sets
+    the format, and the usual rules (no overwrite, no replacing the input) still hold."""
+    _rgb(tmp_path / "a.png")
+    code, out, err = cli(tmp_path / "a.png", "-o", tmp_path / "sub" / "big.JPG", "--quiet")
+    assert code == 0, err
+    assert files_in(tmp_path / "sub") == ["big.JPG"]
+    with Image.open(tmp_path / "sub" / "big.JPG") as im:
+        assert im.format == "JPEG" and im.size == (W * S, H * S)
+    code, _, err = cli(tmp_path / "a.png", "-o", tmp_path / "sub" / "big.JPG", "--quiet")
+    assert code == 1 and "already exists" in err
+    code, _, err = cli(tmp_path / "a.png", "-o", tmp_path / "a.png", "--quiet", "--overwrite")
+    assert code == 1 and "would replace an input" in err
+    (tmp_path / "d.png").mkdir()  # an existing folder with an image-like name stays a folder
+    assert cli(tmp_path / "a.png", "-o", tmp_path / "d.png", "--quiet")[0] == 0
+    assert files_in(tmp_path / "d.png") == ["a_x4.png"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["two"], "names an image file, but the inputs give 2 images"),
+    (["--ext", "png"], "--ext png contradicts -o"),
+])
+def test_output_file_misuse(cli, tmp_path, capsys, extra, message):
+    _rgb(tmp_path / "a.png")
+    _rgb(tmp_path / "b.png")
+    inputs = [tmp_path / "a.png"] + ([tmp_path / "b.png"] if extra == ["two"] else [])
+    opts = [] if extra == ["two"] else extra
+    with pytest.raises(SystemExit) as e:
+        cli(*inputs, "-o", tmp_path / "out.webp", *opts, "--quiet")
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out.webp").exists()

@@ -58,6 +58,14 @@ _FORMAT_BY_EXTENSION = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
 }
+WRITABLE_EXTENSIONS = tuple(_FORMAT_BY_EXTENSION)
+
+
+def format_for(suffix: str) -> str | None:
+    """The format written for a file extension ('.JPEG' -> 'JPEG'), None if not writable."""
+    return _FORMAT_BY_EXTENSION.get(suffix.lower())
+
+
 _SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
 _ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
 _ICC_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")

@@ -38,8 +38,9 @@ def add_parser(sub) -> None:
                     "routing are decided over the whole image. Under torchrun the inputs are split "
                     "across the processes.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (their images) or glob patterns")
-    p.add_argument("-o", "--output-dir", dest="outdir", default=None, metavar="OUTDIR",
-                   help="where to write (default: next to each input)")
+    p.add_argument("-o", "--output", dest="outdir", default=None, metavar="OUT",
+                   help="output folder (default: next to each input); with a single input image, also a "
+                        "file name with an image extension (.png, .jpg, .webp, .tif, .bmp), which sets the format")
     p.add_argument("--suffix", default=None, help="added to the output name: <stem>_<suffix>.<ext> (default x<scale>)")
     p.add_argument("--ext", default="auto", choices=["auto", *EXTENSIONS],
                    help="output format (default auto: the input's own)")
@@ -141,9 +142,18 @@ def output_name(path: Path, suffix: str, ext: str) -> str:
     return f"{path.stem}_{suffix}{ext}" if suffix else f"{path.stem}{ext}"
 
 
+def output_file(out: str | None) -> Path | None:
+    """`-o` as a file name: an image extension, and not an existing folder."""
+    if out is None:
+        return None
+    path = Path(out)
+    return path if path.suffix.lower() in imageio.WRITABLE_EXTENSIONS and not path.is_dir() else None
+
+
 def plan_jobs(images: list[Path], outdir: str | None, suffix: str, ext: str, class_map: bool,
-              overwrite: bool) -> list[Job]:
-    """Outputs for every image of every rank, so that all ranks agree on name clashes."""
+              overwrite: bool, out_file: Path | None = None) -> list[Job]:
+    """Outputs for every image of every rank, so that all ranks agree on name clashes. `out_file`:
+    the one image's output named by the user (suffix and --ext do not apply)."""
     inputs = {_key(p): p for p in images}
     claimed: dict[str, Path] = {}
     jobs = []
@@ -151,6 +161,8 @@ def plan_jobs(images: list[Path], outdir: str | None, suffix: str, ext: str, cla
         folder = Path(outdir) if outdir is not None else path.parent
         out = folder / output_name(path, suffix, ext)
         cmap = folder / f"{Path(output_name(path, suffix, 'png')).stem}_classes.png" if class_map else None
+        if out_file is not None:
+            out, cmap = out_file, out_file.with_name(f"{out_file.stem}_classes.png") if class_map else None
         job = Job(path, out, cmap)
         for target in (t for t in (out, cmap) if t is not None):
             key = _key(target)
@@ -285,8 +297,16 @@ def run(args) -> int:
     if rank == 0:  # every rank sees the same items; one report is enough
         for item, message in bad_items:
             report.fail(item, None, message)
-    if args.outdir is not None:
-        imageio.check_output_dir(args.outdir)  # fail before the model loads, not after the first image
+    out_file = output_file(args.outdir)
+    if out_file is not None:
+        if len(images) + len(bad_items) != 1:
+            args.usage_error(f"-o {args.outdir} names an image file, but the inputs give {len(images)} images; "
+                             "give -o a folder")
+        if args.ext != "auto" and imageio.format_for(EXTENSIONS[args.ext]) != imageio.format_for(out_file.suffix):
+            args.usage_error(f"--ext {args.ext} contradicts -o {args.outdir}")
+        imageio.check_output_dir(out_file.parent)  # fail before the model loads, not after the first image
+    elif args.outdir is not None:
+        imageio.check_output_dir(args.outdir)
     if not images[rank::world]:
         return 1 if report.failures else 0
 
@@ -299,7 +319,8 @@ def run(args) -> int:
     if args.class_map and not model.is_pcsr:
         _line(sys.stderr, "pcsr upscale: note: --class-map ignored, this model has no upsampler classes")
     suffix = args.suffix if args.suffix is not None else f"x{model.scale}"
-    jobs = plan_jobs(images, args.outdir, suffix, args.ext, args.class_map and model.is_pcsr, args.overwrite)
+    jobs = plan_jobs(images, args.outdir, suffix, args.ext, args.class_map and model.is_pcsr, args.overwrite,
+                     out_file)
     mine = jobs[rank::world]
 
     from tqdm import tqdm
