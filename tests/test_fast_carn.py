@@ -1,4 +1,4 @@
-"""The reduced-precision inference form of CARN computes the plain module's function."""
+"""The inference form of CARN (fp32 and reduced precision) computes the plain module's function."""
 import pytest
 import torch
 

@@ -17,8 +17,9 @@ as separate passes over memory, and each batch norm is its own pass. Here
 - 3x3 convolutions run with the ReLU fused, and the residual unit's 1x1 convolution with its
   addition and ReLU (oneDNN post-ops) where the CPU build has them;
 - weights are converted to the compute dtype once, not at every call by autocast.
-The upsampling tail of an "original" CARN runs its convolutions with their ReLUs fused. Training uses the plain module; in fp32 the two
-agree to float rounding (a few 1e-7 relative), not bit for bit.
+The upsampling tail of an "original" CARN runs its convolutions with their ReLUs fused. Training
+uses the plain module; in fp32 the two agree to float rounding (a few 1e-7 relative), not bit for
+bit.
 """
 from __future__ import annotations
 
