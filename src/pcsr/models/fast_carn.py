@@ -139,10 +139,11 @@ class _ChainedCascade:
     convolutions (oneDNN post-ops: add the partial sum; the last one also its ReLU)."""
 
     def __init__(self, fuses, nf: int, dtype: torch.dtype):
+        folded = _folded_fusions(fuses)
         self.nf, self.k = nf, len(fuses)
         self.weights = [[w[:, i * nf:(i + 1) * nf].reshape(nf, nf, 1, 1).to(dtype).contiguous()
-                         for i in range(w.shape[1] // nf)] for w, _ in _folded_fusions(fuses)]
-        self.biases = [b.to(dtype) for _, b in _folded_fusions(fuses)]
+                         for i in range(w.shape[1] // nf)] for w, _ in folded]
+        self.biases = [b.to(dtype) for _, b in folded]
         self.in_place = accumulate_works()
 
     def open(self, x0: torch.Tensor) -> "_ChainedCascade._Pass":
@@ -227,13 +228,12 @@ class FastCARN(nn.Module):
         self._flops, self._radius = carn.flops, carn.receptive_radius
         if carn.scale:  # the upsampling tail: its convolutions with the ReLU that follows fused
             self.upsample, self.exit = carn.upsample, carn.exit  # kept as submodules: their shapes are read
-            mods = list(carn.upsample)
             self.tail = []
-            for i, m in enumerate(mods):
-                if isinstance(m, nn.Conv2d):
-                    self.tail.append(_Conv(m, dtype, relu=i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)))
-                elif not (isinstance(m, nn.ReLU) and isinstance(mods[i - 1], nn.Conv2d)):
-                    self.tail.append(m)
+            for m in carn.upsample:
+                if isinstance(m, nn.ReLU) and self.tail and isinstance(self.tail[-1], _Conv):
+                    self.tail[-1].relu = True
+                else:
+                    self.tail.append(_Conv(m, dtype, relu=False) if isinstance(m, nn.Conv2d) else m)
             self.tail.append(_Conv(carn.exit, dtype, relu=False))
 
     def flops(self, h: int, w: int) -> int:

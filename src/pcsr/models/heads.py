@@ -322,10 +322,8 @@ class SubpixelQueries:
                 taps[d, 0], taps[d, 1] = -t, 1 + t
             else:
                 taps[d, 1], taps[d, 2] = 1 - t, t
-        k = (taps[:, None, :, None] * taps[None, :, None, :]).reshape(s * s, 3, 3)  # (dy*s + dx, 3, 3)
-        w = torch.zeros(s * s, c, c, 3, 3, dtype=torch.float64)
-        for i in range(c):
-            w[:, i, i] = k
+        k = (taps[:, None, :, None] * taps[None, :, None, :]).reshape(s * s, 1, 1, 3, 3)  # (dy*s + dx, ...)
+        w = k * torch.eye(c, dtype=torch.float64).reshape(1, c, c, 1, 1)  # each channel from itself only
         return w.reshape(s * s * c, c, 3, 3).to(device, torch.float32)
 
     def bilinear_image(self, lr: torch.Tensor) -> torch.Tensor:
