@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import flops as fl
+from .. import kernels
 
 
 class MLP(nn.Module):
@@ -85,6 +86,12 @@ class PointQueries:
 
     def bilinear_image(self, lr: torch.Tensor) -> torch.Tensor:
         return self.to_image(self.bilinear(lr))
+
+    def fused(self, mlp: MLP, dtype=None) -> None:
+        return None  # the compiled kernel takes sub-pixel rows only
+
+    def scatter(self, mlp: MLP, rows: torch.Tensor, split, out: torch.Tensor) -> None:
+        out.index_copy_(0, rows, self.run(mlp, split).float())
 
     def select(self, cls_rows: torch.Tensor, j: int):
         rows = torch.nonzero(cls_rows == j).squeeze(1)
@@ -201,9 +208,7 @@ class SubpixelQueries:
         stay in cache, in-place ReLUs, no autocast bookkeeping per operation."""
         if torch.is_grad_enabled():
             return self._run_modules(mlp, rows)
-        if dtype is None:
-            dev = self.feat_rows.device.type
-            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.feat_rows.dtype
+        dtype = self._compute_dtype(dtype)
         with torch.autocast(self.feat_rows.device.type, enabled=False):
             return self._run_fast(mlp, rows, chunk, dtype)
 
@@ -230,7 +235,37 @@ class SubpixelQueries:
             h1 = proj[lr_idx] + bias[sub_idx]
         return mlp.after_first(h1)
 
+    def fused(self, mlp: MLP, dtype: torch.dtype | None = None) -> kernels.FusedMLP | None:
+        """The MLP laid out for the compiled kernel, or None where the kernel does not apply (not
+        fp32 on the CPU, autograd on, the kernel not built or not for this CPU, layers too wide)."""
+        dtype = dtype or self.feat_rows.dtype
+        if (dtype != torch.float32 or self.feat_rows.device.type != "cpu" or torch.is_grad_enabled()
+                or not kernels.available()):
+            return None
+        f = kernels.FusedMLP(mlp, self.c)
+        return f if f.supported else None
+
+    def scatter(self, mlp: MLP, rows: torch.Tensor, split, out: torch.Tensor) -> None:
+        """The MLP's results at output rows `rows` written into those rows of out (self.rows, D)
+        float32; `split` is what `select` gave with them."""
+        f = self.fused(mlp, self._compute_dtype(None)) if out.is_contiguous() else None
+        if f is not None:
+            f(f.project(self.feat_rows), f.subpixel_bias(self.offsets), rows, out=out)
+        else:
+            out.index_copy_(0, rows, self.run(mlp, split).float())
+
+    def _compute_dtype(self, dtype):
+        if dtype is None:
+            dev = self.feat_rows.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.feat_rows.dtype
+        return dtype
+
     def _run_fast(self, mlp: MLP, rows, chunk: int, dtype: torch.dtype) -> torch.Tensor:
+        f = self.fused(mlp, dtype)
+        if f is not None:
+            if isinstance(rows, tuple):
+                rows = rows[0] * (self.s * self.s) + rows[1]
+            return f(f.project(self.feat_rows), f.subpixel_bias(self.offsets), self.rows if rows is None else rows)
         lins = [m for m in mlp.layers[1:] if isinstance(m, nn.Linear)]
         layers = [_Layer(m, dtype, relu=i < len(lins) - 1) for i, m in enumerate(lins)]
         width = mlp.layers[0].out_features

@@ -176,7 +176,9 @@ class PCSR(nn.Module):
             counts = [torch.bincount(c, minlength=self.num_classes).tolist() for c in cls_rows.view(n, -1)]
             # the cheapest upsampler on every row when most rows are its own: cheaper than gathering
             # them and scattering back (on a CPU; its FLOPs are still counted on its own pixels only)
-            dense = isinstance(q, SubpixelQueries) and sum(c[0] for c in counts) >= DENSE_SHARE * q.rows
+            # (not with the compiled kernel: it gathers and scatters inside its pass over the rows)
+            dense = (isinstance(q, SubpixelQueries) and q.fused(self.upsamplers[0]) is None
+                     and sum(c[0] for c in counts) >= DENSE_SHARE * q.rows)
             first = 1 if dense else 0
             picked = [q.select(cls_rows, j) for j in range(first, self.num_classes)]
         if dense:
@@ -187,7 +189,7 @@ class PCSR(nn.Module):
         for j, (u, (rows, split)) in enumerate(zip(self.upsamplers[first:], picked), start=first):
             with record_function(f"upsampler{j}"):
                 if rows.numel():
-                    res.index_copy_(0, rows, q.run(u, split).float())
+                    q.scatter(u, rows, split, res)
         with record_function("assemble"):
             # bilinear(x) + mean = bilinear(lr): the mean rides on the bilinear base for free
             sr = q.to_image(res.add_(q.bilinear(lr.to(x.dtype)).float()))

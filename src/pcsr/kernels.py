@@ -1,0 +1,136 @@
+"""The compiled per-pixel MLP kernel (csrc/mlp.c), loaded with ctypes when it is there.
+
+Optional by design: the package builds it at install where a C compiler is found, and every caller
+falls back to torch operations where it is missing, refused (no AVX2/FMA, another architecture) or
+the tensors are not what it takes (not fp32 on the CPU, layers wider than it supports).
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BLOCK = 32  # rows per pass in the kernel; thread shares are multiples of it
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_mlp{suffix}"
+        if path.is_file():
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError:
+                return None
+            lib.pcsr_mlp_available.restype = ctypes.c_int
+            lib.pcsr_max_width.restype = ctypes.c_int
+            lib.pcsr_mlp_f32.restype = ctypes.c_int
+            lib.pcsr_mlp_f32.argtypes = [
+                ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p,
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+            return lib if lib.pcsr_mlp_available() else None
+    return None
+
+
+def available() -> bool:
+    return _library() is not None
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+class FusedMLP:
+    """An MLP (heads.MLP) laid out for the kernel: the first layer's feature part padded, to make
+    the per-LR-pixel projection; every later layer transposed, its outputs zero-padded to 8."""
+
+    def __init__(self, mlp: nn.Module, feat_channels: int):
+        lins = [m for m in mlp.layers if isinstance(m, nn.Linear)]
+        first = lins[0]
+        self.width = first.out_features
+        self.w0 = _pad8(self.width)
+        w1 = torch.zeros(self.w0, first.in_features)
+        w1[: self.width] = first.weight.detach().float()
+        self.proj_weight = w1[:, :feat_channels].t().contiguous()   # (C, w0)
+        self.coord_weight = w1[:, feat_channels:].t().contiguous()  # (4, w0)
+        self.bias0 = torch.zeros(self.w0)
+        self.bias0[: self.width] = first.bias.detach().float()
+        self.dims = [self.width] + [m.out_features for m in lins[1:]]
+        self.wt, self.b = [], []
+        for m in lins[1:]:
+            n = _pad8(m.out_features)
+            wt = torch.zeros(m.in_features, n)
+            wt[:, : m.out_features] = m.weight.detach().float().t()
+            b = torch.zeros(n)
+            b[: m.out_features] = m.bias.detach().float()
+            self.wt.append(wt)
+            self.b.append(b)
+        self.out_dim = self.dims[-1]
+        lib = _library()
+        self.supported = (lib is not None and len(lins) >= 2
+                          and max(_pad8(d) for d in self.dims) <= lib.pcsr_max_width())
+        self._dims = (ctypes.c_int32 * len(self.dims))(*self.dims)
+        self._wt = (ctypes.c_void_p * len(self.wt))(*[t.data_ptr() for t in self.wt])
+        self._b = (ctypes.c_void_p * len(self.b))(*[t.data_ptr() for t in self.b])
+
+    def project(self, feat_rows: torch.Tensor) -> torch.Tensor:
+        """(n_lr, C) features -> (n_lr, w0) first-layer projections (padding columns 0)."""
+        return feat_rows.float() @ self.proj_weight
+
+    def subpixel_bias(self, offsets: torch.Tensor) -> torch.Tensor:
+        """(ss, 4) coordinate inputs -> (ss, w0) first-layer bias per sub-pixel."""
+        return torch.addmm(self.bias0, offsets.float(), self.coord_weight).contiguous()
+
+    def __call__(self, proj: torch.Tensor, sub_bias: torch.Tensor, rows: torch.Tensor | int,
+                 out: torch.Tensor | None = None, threads: int | None = None) -> torch.Tensor:
+        """The MLP on output pixels in sub-pixel order (pixel g: LR pixel g // ss, sub-pixel g % ss).
+
+        rows: a count n (pixels 0 .. n-1) or a 1-D tensor of pixel indices. Returns (n, out_dim),
+        or with `out` (every pixel's row, contiguous float32) writes each pixel's result into its
+        own row of out and returns out."""
+        lib = _library()
+        proj, sub_bias = proj.contiguous(), sub_bias.contiguous()
+        pix = None
+        if isinstance(rows, torch.Tensor):
+            pix = rows.to(torch.int64).contiguous()
+            n = pix.numel()
+        else:
+            n = int(rows)
+        scatter = int(out is not None)
+        if out is None:
+            out = torch.empty(n, self.out_dim)
+        elif pix is None or out.dtype != torch.float32 or not out.is_contiguous() or out.shape[-1] != self.out_dim:
+            raise ValueError("scattering needs pixel indices and a contiguous float32 output")
+        if n == 0:
+            return out
+        top = int(pix.max()) if pix is not None else n - 1  # the kernel trusts its indices: check them here
+        if (pix is not None and int(pix.min()) < 0) or top >= proj.shape[0] * sub_bias.shape[0] or (
+                scatter and top >= out.shape[0]):
+            raise IndexError("pixel index out of range")
+        if proj.shape[-1] != self.w0 or sub_bias.shape[-1] != self.w0 or proj.dtype != torch.float32:
+            raise ValueError("projections must come from this MLP's project() and subpixel_bias()")
+        threads = max(1, min(threads or torch.get_num_threads(), (n + BLOCK - 1) // BLOCK))
+        step = (n + threads - 1) // threads
+        step = (step + BLOCK - 1) // BLOCK * BLOCK
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+
+        def part(r0: int) -> int:
+            return lib.pcsr_mlp_f32(ptr(proj), self.w0, ptr(sub_bias), sub_bias.shape[0], ptr(pix), scatter,
+                                    r0, min(n, r0 + step), len(self.wt), self._dims, self._wt, self._b, ptr(out))
+
+        starts = list(range(0, n, step))
+        if len(starts) == 1:
+            codes = [part(0)]
+        else:
+            with ThreadPoolExecutor(len(starts)) as pool:
+                codes = list(pool.map(part, starts))
+        if any(codes):
+            raise RuntimeError("the MLP kernel refused its arguments")
+        return out

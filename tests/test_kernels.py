@@ -1,0 +1,135 @@
+"""The compiled MLP kernel (pcsr/csrc/mlp.c) against the plain modules, and the torch fallback."""
+import pytest
+import torch
+
+from pcsr import kernels
+from pcsr.models.heads import MLP, SubpixelQueries
+from pcsr.models.pcsr import Routing
+
+from test_models import tiny_pcsr
+
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason="the C kernel is not built or not for this CPU")
+
+
+def plain_rows(q: SubpixelQueries, mlp: MLP) -> torch.Tensor:
+    with torch.enable_grad():
+        return q.run(mlp).detach()  # autograd on: plain module calls
+
+
+@needs_kernel
+@pytest.mark.parametrize("hidden", [(20, 20, 20), (74, 74, 74, 74), (10, 10), (5,), (9, 17), (128,)])
+@pytest.mark.parametrize("out_dim", [3, 2, 1, 9])
+def test_kernel_equals_modules_dense_gathered_and_scattered(hidden, out_dim):
+    """Widths on and off multiples of 8, every output pixel, any subset in any order (also fewer
+    rows than a micro-tile), written compactly or into the pixels' own rows."""
+    g = torch.Generator().manual_seed(sum(hidden) + out_dim)
+    feat = torch.randn(2, 13, 5, 7, generator=g)
+    q = SubpixelQueries(feat, 3)
+    torch.manual_seed(sum(hidden) * 7 + out_dim)
+    mlp = MLP(17, hidden, out_dim)
+    want = plain_rows(q, mlp)
+    f = kernels.FusedMLP(mlp, 13)
+    assert f.supported
+    with torch.inference_mode():
+        proj, bias = f.project(q.feat_rows), f.subpixel_bias(q.offsets)
+        dense = f(proj, bias, q.rows)
+        pix = torch.randperm(q.rows, generator=g)[: q.rows // 3]
+        some = f(proj, bias, pix)
+        three = f(proj, bias, pix[:3])
+        out = torch.full((q.rows, out_dim), 7.0)
+        f(proj, bias, pix, out=out)
+    tol = 2e-6 * want.abs().max()
+    assert (dense - want).abs().max() <= tol
+    assert (some - want[pix]).abs().max() <= tol
+    assert (three - want[pix[:3]]).abs().max() <= tol
+    assert (out[pix] - want[pix]).abs().max() <= tol
+    untouched = torch.ones(q.rows, dtype=torch.bool)
+    untouched[pix] = False
+    assert torch.equal(out[untouched], torch.full_like(out[untouched], 7.0))
+
+
+@needs_kernel
+def test_kernel_rows_do_not_depend_on_the_thread_split():
+    torch.manual_seed(0)
+    q = SubpixelQueries(torch.randn(1, 6, 9, 11), 4)
+    mlp = MLP(10, (20, 20), 3)
+    f = kernels.FusedMLP(mlp, 6)
+    with torch.inference_mode():
+        proj, bias = f.project(q.feat_rows), f.subpixel_bias(q.offsets)
+        one = f(proj, bias, q.rows, threads=1)
+        two = f(proj, bias, q.rows, threads=2)
+        five = f(proj, bias, q.rows, threads=5)
+    assert torch.equal(one, two) and torch.equal(one, five)
+
+
+@needs_kernel
+def test_kernel_refuses_bad_indices_and_wide_layers():
+    torch.manual_seed(0)
+    q = SubpixelQueries(torch.randn(1, 4, 3, 3), 2)
+    f = kernels.FusedMLP(MLP(8, (8,), 3), 4)
+    with torch.inference_mode():
+        proj, bias = f.project(q.feat_rows), f.subpixel_bias(q.offsets)
+        with pytest.raises(IndexError):
+            f(proj, bias, torch.tensor([0, q.rows]))
+        with pytest.raises(IndexError):
+            f(proj, bias, torch.tensor([-1]))
+        with pytest.raises(IndexError):
+            f(proj, bias, torch.tensor([5]), out=torch.zeros(4, 3))
+        with pytest.raises(ValueError):
+            f(proj, bias, torch.tensor([5]), out=torch.zeros(q.rows, 2))
+        assert f(proj, bias, torch.tensor([], dtype=torch.long)).shape == (0, 3)
+    assert not kernels.FusedMLP(MLP(8, (129,), 3), 4).supported
+    assert not kernels.FusedMLP(MLP(8, (), 3), 4).supported  # no layer after the first
+
+
+@needs_kernel
+def test_heads_use_the_kernel_only_where_it_applies():
+    torch.manual_seed(0)
+    q = SubpixelQueries(torch.randn(1, 4, 3, 3), 2)
+    mlp = MLP(8, (8,), 3)
+    with torch.inference_mode():
+        assert q.fused(mlp) is not None
+        assert q.fused(mlp, torch.bfloat16) is None
+        assert q.fused(MLP(8, (200,), 3)) is None
+    with torch.enable_grad():
+        assert q.fused(mlp) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("light_share", [0.95, 0.5, 0.0])
+def test_pcsr_inference_with_and_without_the_kernel(monkeypatch, light_share):
+    """The same model, class map imposed and by its own routing, with the kernel and with torch's
+    operations: the same image to float rounding."""
+    net = tiny_pcsr(upsamplers=((4,), (8, 8)))
+    lr = torch.rand(2, 3, 6, 7)
+    g = torch.Generator().manual_seed(1)
+    classes = (torch.rand(2, 24, 28, generator=g) >= light_share).to(torch.uint8)
+    fast = net.infer(lr, routing_=Routing(), classes=classes)
+    fast_own = net.infer(lr, routing_=Routing(k=0.0), return_prob=True)
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    slow = net.infer(lr, routing_=Routing(), classes=classes)
+    slow_own = net.infer(lr, routing_=Routing(k=0.0), return_prob=True)
+    assert torch.equal(fast.classes, classes) and fast.counts == slow.counts
+    assert (fast.sr - slow.sr).abs().max() < 1e-5
+    assert (fast_own.prob - slow_own.prob).abs().max() < 1e-6
+    same = (fast_own.classes == slow_own.classes).unsqueeze(1).expand_as(fast_own.sr)
+    assert same.float().mean() > 0.999
+    assert (fast_own.sr - slow_own.sr)[same].abs().max() < 1e-5
+
+
+def test_torch_fallback_where_the_kernel_is_missing(monkeypatch):
+    """Without the kernel (not built, another CPU) the heads run torch operations, same results."""
+    torch.manual_seed(1)
+    q = SubpixelQueries(torch.randn(1, 5, 4, 4), 2)
+    mlp = MLP(9, (12, 12), 3)
+    want = plain_rows(q, mlp)
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    with torch.inference_mode():
+        assert q.fused(mlp) is None
+        got = q.run(mlp)
+        out = torch.zeros(q.rows, 3)
+        rows, split = q.select((torch.arange(q.rows) % 2).to(torch.uint8), 1)
+        q.scatter(mlp, rows, split, out)
+    assert (got - want).abs().max() < 1e-5
+    assert (out[rows] - want[rows]).abs().max() < 1e-5
+    assert torch.equal(out[torch.arange(0, q.rows, 2)], torch.zeros(q.rows // 2, 3))
