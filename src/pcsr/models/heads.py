@@ -213,8 +213,12 @@ class SubpixelQueries:
             return self._run_fast(mlp, rows, chunk, dtype)
 
     def select(self, cls_rows: torch.Tensor, j: int):
-        """Rows of class j: (row indices, (LR pixel index, sub-pixel index)), without divisions,
-        grouped by sub-pixel: each group's first layer is one product with that sub-pixel's bias."""
+        """Rows of class j: (row indices, what `run` takes for them). For torch's operations the
+        rows come as (LR pixel index, sub-pixel index), without divisions, grouped by sub-pixel:
+        each group's first layer is then one product with that sub-pixel's bias."""
+        if self._kernel_ready():  # the kernel takes pixels in any order; in raster order its reads
+            rows = torch.nonzero(cls_rows == j).squeeze(1)  # and writes are nearly sequential
+            return rows, rows
         ss = self.s * self.s
         sub, lr = torch.nonzero(cls_rows.view(-1, ss).t() == j).t()
         sub, lr = sub.contiguous(), lr.contiguous()
@@ -238,12 +242,14 @@ class SubpixelQueries:
     def fused(self, mlp: MLP, dtype: torch.dtype | None = None) -> kernels.FusedMLP | None:
         """The MLP laid out for the compiled kernel, or None where the kernel does not apply (not
         fp32 on the CPU, autograd on, the kernel not built or not for this CPU, layers too wide)."""
-        dtype = dtype or self.feat_rows.dtype
-        if (dtype != torch.float32 or self.feat_rows.device.type != "cpu" or torch.is_grad_enabled()
-                or not kernels.available()):
+        if not self._kernel_ready(dtype):
             return None
         f = kernels.FusedMLP(mlp, self.c)
         return f if f.supported else None
+
+    def _kernel_ready(self, dtype: torch.dtype | None = None) -> bool:
+        return ((dtype or self.feat_rows.dtype) == torch.float32 and self.feat_rows.device.type == "cpu"
+                and not torch.is_grad_enabled() and kernels.available())
 
     def scatter(self, mlp: MLP, rows: torch.Tensor, split, out: torch.Tensor) -> None:
         """The MLP's results at output rows `rows` written into those rows of out (self.rows, D)
