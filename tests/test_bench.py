@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pcsr import api, bench, weights
+from pcsr import api, bench, kernels, weights
 from pcsr.cli import main
 from pcsr.models.pcsr import OriginalSR
 from pcsr.models.specs import ModelSpec
@@ -35,6 +35,7 @@ def test_bench_json_rows(tmp_path, capsys):
     ratios = sorted(a / b for a, b in zip(rows[0]["times"], rows[1]["times"]))
     assert rows[1]["speed_vs_first"] == ratios[1]
     assert 0 <= rows[1]["heavy_fraction"] <= 1 and rows[1]["gflops"] <= rows[1]["max_gflops"]
+    assert all(r["mlp_kernel"] is kernels.available() for r in rows)
 
 
 def test_timed_runs_are_interleaved(tmp_path, monkeypatch):
@@ -62,5 +63,7 @@ def test_bench_table_and_errors(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["model", "prec", "path"] and "speed" in out[0]
     assert "1.00x" in out[1]
+    assert out[-1].startswith("MLP heads (fp32, CPU): ")
+    assert ("compiled kernel" in out[-1]) is kernels.available()
     assert main(["bench", "--model", str(p), "-i", str(img), "--repeat", "0"]) == 1
     assert "--repeat must be at least 1" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from . import kernels
 from .errors import PcsrError
 
 
@@ -110,7 +111,8 @@ def run(args) -> int:
                "seconds": sec, "mpix_per_s": out_px / sec / 1e6,
                "speed_vs_first": statistics.median(a / b for a, b in zip(times[0], t)),
                "times": t, "gflops": res.flops[0] / 1e9, "max_gflops": res.max_flops[0] / 1e9,
-               "heavy_fraction": heavy, "threads": torch.get_num_threads(), "device": str(model.device)}
+               "heavy_fraction": heavy, "threads": torch.get_num_threads(), "device": str(model.device),
+               "mlp_kernel": kernels.available()}
         if args.profile:
             row["stages"] = stage_profile(model, lr, routing, path)
         rows.append(row)
@@ -125,4 +127,6 @@ def run(args) -> int:
                   f"{r['seconds']:9.3f} {r['mpix_per_s']:6.2f} {r['speed_vs_first']:5.2f}x {r['gflops']:8.2f} {hf:>6s}")
             if "stages" in r:
                 print("    " + "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in r["stages"].items()))
+        print("MLP heads (fp32, CPU): " + ("the compiled kernel" if kernels.available() else
+                                           "torch operations (kernel not built, not for this CPU, or PCSR_KERNEL=0)"))
     return 0

@@ -3,11 +3,13 @@
 Optional by design: the package builds it at install where a C compiler is found, and every caller
 falls back to torch operations where it is missing, refused (no AVX2/FMA, another architecture) or
 the tensors are not what it takes (not fp32 on the CPU, layers wider than it supports).
+PCSR_KERNEL=0 in the environment turns it off.
 """
 from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +22,8 @@ BLOCK = 32  # rows per pass in the kernel; thread shares are multiples of it
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
+    if os.environ.get("PCSR_KERNEL", "1") == "0":  # the switch for A/B timings and for bug reports
+        return None
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_mlp{suffix}"
