@@ -10,15 +10,11 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import os
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
-
-BLOCK = 32  # rows per pass in the kernel; thread shares are multiples of it
-
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
@@ -37,10 +33,24 @@ def _library() -> ctypes.CDLL | None:
             lib.pcsr_mlp_f32.restype = ctypes.c_int
             lib.pcsr_mlp_f32.argtypes = [
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+            lib.pcsr_set_openmp.argtypes = [ctypes.c_void_p] * 3
+            lib.pcsr_has_openmp.restype = ctypes.c_int
+            lib.pcsr_set_openmp(*_openmp_entry_points())
             return lib if lib.pcsr_mlp_available() else None
     return None
+
+
+def _openmp_entry_points() -> tuple[int | None, int | None, int | None]:
+    """GOMP_parallel, omp_get_thread_num, omp_get_num_threads of the OpenMP runtime torch loaded
+    (global symbols of the process), so that the kernels run on torch's own threads."""
+    try:
+        proc = ctypes.CDLL(None)
+        return tuple(ctypes.cast(getattr(proc, name), ctypes.c_void_p).value
+                     for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads"))
+    except (AttributeError, OSError, TypeError):
+        return None, None, None
 
 
 def available() -> bool:
@@ -120,21 +130,10 @@ class FusedMLP:
             raise IndexError("pixel index out of range")
         if proj.shape[-1] != self.w0 or sub_bias.shape[-1] != self.w0 or proj.dtype != torch.float32:
             raise ValueError("projections must come from this MLP's project() and subpixel_bias()")
-        threads = max(1, min(threads or torch.get_num_threads(), (n + BLOCK - 1) // BLOCK))
-        step = (n + threads - 1) // threads
-        step = (step + BLOCK - 1) // BLOCK * BLOCK
-        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-
-        def part(r0: int) -> int:
-            return lib.pcsr_mlp_f32(ptr(proj), self.w0, ptr(sub_bias), sub_bias.shape[0], ptr(pix), scatter,
-                                    r0, min(n, r0 + step), len(self.wt), self._dims, self._wt, self._b, ptr(out))
-
-        starts = list(range(0, n, step))
-        if len(starts) == 1:
-            codes = [part(0)]
-        else:
-            with ThreadPoolExecutor(len(starts)) as pool:
-                codes = list(pool.map(part, starts))
-        if any(codes):
+        threads = threads or torch.get_num_threads()
+        code = lib.pcsr_mlp_f32(proj.data_ptr(), self.w0, sub_bias.data_ptr(), sub_bias.shape[0],
+                                None if pix is None else pix.data_ptr(), scatter, n, len(self.wt), self._dims,
+                                self._wt, self._b, out.data_ptr(), threads)
+        if code:
             raise RuntimeError("the MLP kernel refused its arguments")
         return out

@@ -16,11 +16,12 @@
  * its first out_dim columns go to row r of out, or with `scatter` to row rows[r] (the pixel's own
  * row of a full-size output).
  *
- * Threads are the caller's (Python threads: ctypes releases the GIL), so no OpenMP runtime is
- * linked next to torch's.
+ * Threads: torch's OpenMP team (parallel.h).
  */
 #include <stdint.h>
 #include <string.h>
+
+#include "parallel.h"
 
 #define ROWS 4       /* rows per micro-tile: 4 x 3 vectors = 12 accumulators */
 #define BLOCK 32     /* rows per pass through all layers */
@@ -130,27 +131,46 @@ int pcsr_mlp_available(void) {
 
 int pcsr_max_width(void) { return MAXW; }
 
-/* Rows [r0, r1). dims[0] is the real first-layer width (w0 its padded row length), dims[l + 1]
- * layer l+1's real output width; every padded width must be <= MAXW. Returns 0, or -1 if refused. */
+#if HAVE_X86
+struct mlp_args {
+    const float *proj, *sub_bias;
+    int64_t w0, ss;
+    const int64_t *rows;
+    int scatter, n_layers;
+    const int32_t *dims;
+    const float *const *wt, *const *b;
+    float *out;
+};
+
+static void mlp_range(void *ctx, int64_t r0, int64_t r1) {
+    const struct mlp_args *a = (const struct mlp_args *)ctx;
+    float buf_a[BLOCK * MAXW] __attribute__((aligned(32)));
+    float buf_b[BLOCK * MAXW] __attribute__((aligned(32)));
+    int out_dim = a->dims[a->n_layers];
+    for (int64_t r = r0; r < r1; r += BLOCK) {
+        int n = (int)(r1 - r < BLOCK ? r1 - r : BLOCK);
+        run_block(a->proj, a->w0, a->sub_bias, a->ss, a->rows, a->scatter, r, n, a->n_layers, a->dims, a->wt,
+                  a->b, a->out, out_dim, buf_a, buf_b);
+    }
+}
+#endif
+
+/* n rows on up to `threads` threads. dims[0] is the real first-layer width (w0 its padded row
+ * length), dims[l + 1] layer l+1's real output width; every padded width must be <= MAXW.
+ * Returns 0, or -1 if refused. */
 int pcsr_mlp_f32(const float *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
-                 int32_t scatter, int64_t r0, int64_t r1, int32_t n_layers, const int32_t *dims,
-                 const float *const *wt, const float *const *b, float *out) {
+                 int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const float *const *wt,
+                 const float *const *b, float *out, int32_t threads) {
 #if HAVE_X86
     if (!pcsr_mlp_available() || n_layers < 1 || w0 % 8 || w0 > MAXW || (scatter && !rows)) return -1;
     for (int l = 0; l <= n_layers; l++)
         if (dims[l] < 1 || (dims[l] + 7) / 8 * 8 > MAXW) return -1;
-    float buf_a[BLOCK * MAXW] __attribute__((aligned(32)));
-    float buf_b[BLOCK * MAXW] __attribute__((aligned(32)));
-    int out_dim = dims[n_layers];
-    for (int64_t r = r0; r < r1; r += BLOCK) {
-        int n = (int)(r1 - r < BLOCK ? r1 - r : BLOCK);
-        run_block(proj, w0, sub_bias, ss, rows, scatter, r, n, n_layers, dims, wt, b, out, out_dim,
-                  buf_a, buf_b);
-    }
+    struct mlp_args a = {proj, sub_bias, w0, ss, rows, scatter, n_layers, dims, wt, b, out};
+    pcsr_parallel_for(n, BLOCK, threads, mlp_range, &a);
     return 0;
 #else
-    (void)proj; (void)w0; (void)sub_bias; (void)ss; (void)rows; (void)scatter; (void)r0; (void)r1;
-    (void)n_layers; (void)dims; (void)wt; (void)b; (void)out;
+    (void)proj; (void)w0; (void)sub_bias; (void)ss; (void)rows; (void)scatter; (void)n; (void)n_layers;
+    (void)dims; (void)wt; (void)b; (void)out; (void)threads;
     return -1;
 #endif
 }

@@ -1,0 +1,48 @@
+#include "parallel.h"
+
+#include <stddef.h>
+
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_int_fn)(void);
+
+static gomp_parallel_fn gomp_parallel = NULL;
+static omp_int_fn thread_num = NULL, num_threads = NULL;
+
+/* The OpenMP runtime's GOMP_parallel, omp_get_thread_num and omp_get_num_threads; NULL: none. */
+void pcsr_set_openmp(void *parallel, void *tnum, void *tcount) {
+    if (parallel && tnum && tcount) {
+        gomp_parallel = (gomp_parallel_fn)parallel;
+        thread_num = (omp_int_fn)tnum;
+        num_threads = (omp_int_fn)tcount;
+    } else {
+        gomp_parallel = NULL;
+    }
+}
+
+int pcsr_has_openmp(void) { return gomp_parallel != NULL; }
+
+struct job {
+    pcsr_range_fn fn;
+    void *ctx;
+    int64_t n, grain;
+};
+
+static void worker(void *arg) {
+    const struct job *j = (const struct job *)arg;
+    int64_t t = thread_num(), team = num_threads();
+    int64_t parts = (j->n + j->grain - 1) / j->grain;
+    int64_t a = parts * t / team, b = parts * (t + 1) / team;
+    int64_t end = b * j->grain < j->n ? b * j->grain : j->n;
+    if (a < b) j->fn(j->ctx, a * j->grain, end);
+}
+
+void pcsr_parallel_for(int64_t n, int64_t grain, int threads, pcsr_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    if (gomp_parallel == NULL || threads <= 1 || n <= grain) {
+        fn(ctx, 0, n);
+        return;
+    }
+    struct job j = {fn, ctx, n, grain};
+    gomp_parallel(worker, &j, (unsigned)threads, 0);
+}

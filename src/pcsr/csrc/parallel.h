@@ -1,0 +1,18 @@
+/* Threads for the kernels: torch's own OpenMP team, borrowed through GOMP_parallel.
+ *
+ * Why: a kernel that ran on threads of its own would compete for the cores with torch's OpenMP
+ * workers, which spin for milliseconds after every parallel operation before they sleep. The
+ * Python side finds GOMP_parallel (libgomp's entry point; Intel's and LLVM's runtimes export it
+ * too) in the process once torch is loaded and hands it over with pcsr_set_openmp; without it
+ * the kernels run on the calling thread.
+ */
+#ifndef PCSR_PARALLEL_H
+#define PCSR_PARALLEL_H
+#include <stdint.h>
+
+typedef void (*pcsr_range_fn)(void *ctx, int64_t begin, int64_t end);
+
+/* fn(ctx, b, e) over [0, n) in parts that are multiples of `grain`, on up to `threads` threads. */
+void pcsr_parallel_for(int64_t n, int64_t grain, int threads, pcsr_range_fn fn, void *ctx);
+
+#endif
