@@ -4,5 +4,5 @@
 heads with torch operations instead (pcsr.kernels.available() says which)."""
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("pcsr._mlp", sources=["src/pcsr/csrc/mlp.c", "src/pcsr/csrc/parallel.c"], extra_compile_args=["-O3"],
+setup(ext_modules=[Extension("pcsr._mlp", sources=["src/pcsr/csrc/mlp.c", "src/pcsr/csrc/gconv.c", "src/pcsr/csrc/parallel.c"], extra_compile_args=["-O3"],
                              optional=True)])

@@ -133,3 +133,61 @@ def test_torch_fallback_where_the_kernel_is_missing(monkeypatch):
     assert (got - want).abs().max() < 1e-5
     assert (out[rows] - want[rows]).abs().max() < 1e-5
     assert torch.equal(out[torch.arange(0, q.rows, 2)], torch.zeros(q.rows // 2, 3))
+
+
+@needs_kernel
+@pytest.mark.parametrize("groups,cin,cout", [(4, 13, 13), (4, 16, 16), (2, 5, 9), (3, 8, 8), (2, 20, 11)])
+@pytest.mark.parametrize("size", [(1, 1), (2, 9), (7, 1), (5, 8), (6, 23)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_grouped_conv_kernel_equals_conv2d(groups, cin, cout, size, relu):
+    """Borders, rows shorter than a micro-tile, every group width it takes, two images."""
+    h, w = size
+    g = torch.Generator().manual_seed(groups * 100 + cin + cout + h * w)
+    conv = torch.nn.Conv2d(groups * cin, groups * cout, 3, padding=1, groups=groups)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+    x = torch.randn(2, groups * cin, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    k = kernels.GroupedConv3x3(conv, relu)
+    with torch.inference_mode():
+        assert k.applies_to(x)
+        want = conv(x)
+        want = want.relu() if relu else want
+        got = k(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+@needs_kernel
+def test_grouped_conv_kernel_refuses_what_it_does_not_compute():
+    assert not kernels.GroupedConv3x3(torch.nn.Conv2d(8, 8, 3, padding=1), False).supported  # one group
+    assert not kernels.GroupedConv3x3(torch.nn.Conv2d(8, 64, 3, padding=1, groups=2), False).supported
+    assert not kernels.GroupedConv3x3(torch.nn.Conv2d(16, 16, 3, padding=1, groups=4), False).supported  # 4 out
+    assert not kernels.GroupedConv3x3(torch.nn.Conv2d(16, 32, 3, padding=2, dilation=2, groups=2), False).supported
+    assert not kernels.GroupedConv3x3(torch.nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=2), False).supported
+    k = kernels.GroupedConv3x3(torch.nn.Conv2d(16, 32, 3, padding=1, groups=2), False)
+    assert k.supported
+    x = torch.randn(1, 16, 4, 5)
+    assert not k.applies_to(x)  # not channels-last
+    assert not k.applies_to(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+    assert k.applies_to(x.contiguous(memory_format=torch.channels_last))
+
+
+@needs_kernel
+def test_fast_carn_with_and_without_the_grouped_kernel():
+    """CARN-M's 13-channel groups take the kernel in fp32; the backbone's features are the same."""
+    from pcsr.models.backbones import build_backbone
+    torch.manual_seed(0)
+    carn = build_backbone("carn", {"nf": 52, "groups": 4}, scale=None).eval()
+    fast = carn.inference_form(torch.float32)
+    convs = [c for b in fast.blocks for c in (b.conv1, b.conv2)]
+    assert all(c.kernel is not None and c.kernel.supported for c in convs)
+    x = torch.rand(1, 3, 11, 17).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        a = fast(x)
+        for c in convs:
+            c.kernel_off = True
+        b = fast(x)
+        plain = carn(x)
+    assert (a - b).abs().max() <= 1e-5 * plain.abs().max()
+    assert (a - plain).abs().max() <= 1e-5 * plain.abs().max()

@@ -35,6 +35,10 @@ def _library() -> ctypes.CDLL | None:
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                 ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+            lib.pcsr_gconv3x3_f32.restype = ctypes.c_int
+            lib.pcsr_gconv3x3_f32.argtypes = [
+                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
+                ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
             lib.pcsr_set_openmp.argtypes = [ctypes.c_void_p] * 3
             lib.pcsr_has_openmp.restype = ctypes.c_int
             lib.pcsr_set_openmp(*_openmp_entry_points())
@@ -136,4 +140,42 @@ class FusedMLP:
                                 self._wt, self._b, out.data_ptr(), threads)
         if code:
             raise RuntimeError("the MLP kernel refused its arguments")
+        return out
+
+
+class GroupedConv3x3:
+    """A grouped 3x3 convolution (stride 1, padding 1), optionally with a ReLU, for the kernel in
+    csrc/gconv.c: groups of 8 to 16 output channels, fp32 channels-last on the CPU."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool):
+        w = conv.weight.detach().float()
+        self.groups = conv.groups
+        cout_all, self.cin = w.shape[:2]
+        self.cout = cout_all // self.groups
+        self.relu = relu
+        self.supported = (available() and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+                          and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1)
+                          and conv.padding_mode == "zeros" and 8 <= self.cout <= 16 and self.groups > 1)
+        if not self.supported:
+            return
+        wt = torch.zeros(self.groups, 9, self.cin, 16)  # (group, tap, input channel, output channel)
+        wt[..., : self.cout] = w.view(self.groups, self.cout, self.cin, 9).permute(0, 3, 2, 1)
+        self.wt = wt.contiguous()
+        self.bias = torch.zeros(self.groups, 16)
+        if conv.bias is not None:
+            self.bias[:, : self.cout] = conv.bias.detach().float().view(self.groups, self.cout)
+
+    def applies_to(self, x: torch.Tensor) -> bool:
+        return (self.supported and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
+                and x.shape[1] == self.groups * self.cin and x.is_contiguous(memory_format=torch.channels_last)
+                and not (torch.is_grad_enabled() and x.requires_grad))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        out = torch.empty(n, self.groups * self.cout, h, w, memory_format=torch.channels_last)
+        code = _library().pcsr_gconv3x3_f32(x.data_ptr(), n, h, w, self.groups, self.cin, self.cout,
+                                            self.wt.data_ptr(), self.bias.data_ptr(), int(self.relu),
+                                            out.data_ptr(), torch.get_num_threads())
+        if code:
+            raise RuntimeError("the grouped convolution kernel refused its arguments")
         return out

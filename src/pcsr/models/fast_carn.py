@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+
 _conv_relu_op = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
 _conv_accumulate_op = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise_", None)
 
@@ -83,8 +85,14 @@ class _Conv:
         self.b = conv.bias.detach().to(dtype) if conv.bias is not None else None
         self.groups, self.pad, self.relu = conv.groups, list(conv.padding), relu
         self.fused = self.w.device.type == "cpu" and fused_conv_works(dtype)
+        grouped = dtype == torch.float32 and conv.groups > 1 and self.w.device.type == "cpu"
+        self.kernel = kernels.GroupedConv3x3(conv, relu) if grouped else None
+        self.kernel_off = False  # set to time the same module without the kernel (benchmarks, tests)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None and not self.kernel_off and self.kernel.applies_to(x):
+            self.kernel.relu = self.relu  # the tail may set relu after construction
+            return self.kernel(x)
         if self.fused:
             return _conv_relu_op(x, self.w, self.b, self.pad, [1, 1], [1, 1], self.groups,
                                  "relu" if self.relu else "none", [], "")
