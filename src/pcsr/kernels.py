@@ -22,7 +22,7 @@ def _library() -> ctypes.CDLL | None:
         return None
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_mlp{suffix}"
+        path = here / f"_kernels{suffix}"
         if path.is_file():
             try:
                 lib = ctypes.CDLL(str(path))
