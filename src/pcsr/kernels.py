@@ -132,7 +132,8 @@ class FusedMLP:
         if (pix is not None and int(pix.min()) < 0) or top >= proj.shape[0] * sub_bias.shape[0] or (
                 scatter and top >= out.shape[0]):
             raise IndexError("pixel index out of range")
-        if proj.shape[-1] != self.w0 or sub_bias.shape[-1] != self.w0 or proj.dtype != torch.float32:
+        if (proj.shape[-1] != self.w0 or sub_bias.shape[-1] != self.w0 or proj.dtype != torch.float32
+                or sub_bias.dtype != torch.float32 or proj.device.type != "cpu"):
             raise ValueError("projections must come from this MLP's project() and subpixel_bias()")
         threads = threads or torch.get_num_threads()
         code = lib.pcsr_mlp_f32(proj.data_ptr(), self.w0, sub_bias.data_ptr(), sub_bias.shape[0],
