@@ -8,6 +8,8 @@ Two ways to feed the MLPs, giving the same numbers up to float rounding:
 - `SubpixelQueries`: integer scale s. The coordinate part takes only s*s values, so the first layer
   splits into a 1x1 projection of the features, once per LR pixel, plus a per-sub-pixel bias.
   Rows are ordered (n, y, x, dy, dx): output pixel (y*s + dy, x*s + dx) of image n.
+  In fp32 on an x86 CPU its MLPs run in the compiled kernel (pcsr/kernels.py) where it is built;
+  otherwise, and for bf16 / fp16 / CUDA, in chunks of torch operations.
 """
 from __future__ import annotations
 
