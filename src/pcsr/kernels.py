@@ -28,7 +28,7 @@ def _library() -> ctypes.CDLL | None:
                 lib = ctypes.CDLL(str(path))
             except OSError:
                 return None
-            lib.pcsr_mlp_available.restype = ctypes.c_int
+            lib.pcsr_cpu_supported.restype = ctypes.c_int
             lib.pcsr_max_width.restype = ctypes.c_int
             lib.pcsr_mlp_f32.restype = ctypes.c_int
             lib.pcsr_mlp_f32.argtypes = [
@@ -42,7 +42,7 @@ def _library() -> ctypes.CDLL | None:
             lib.pcsr_set_openmp.argtypes = [ctypes.c_void_p] * 3
             lib.pcsr_has_openmp.restype = ctypes.c_int
             lib.pcsr_set_openmp(*_openmp_entry_points())
-            return lib if lib.pcsr_mlp_available() else None
+            return lib if lib.pcsr_cpu_supported() else None
     return None
 
 

@@ -98,15 +98,6 @@ TARGET static __m256i lane_mask(int n) { /* lanes 0 .. n-1 set */
 }
 #endif
 
-int pcsr_gconv_available(void) {
-#if HAVE_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
-
 #if HAVE_X86
 TARGET static void rows(const float *in, int64_t H, int64_t W, int groups, int cin, int cout, const float *wt,
                         const float *bias, int relu, float *out, int64_t r0, int64_t r1) {
@@ -147,7 +138,7 @@ static void gconv_range(void *ctx, int64_t r0, int64_t r1) {
 int pcsr_gconv3x3_f32(const float *in, int64_t N, int64_t H, int64_t W, int32_t groups, int32_t cin, int32_t cout,
                       const float *wt, const float *bias, int32_t relu, float *out, int32_t threads) {
 #if HAVE_X86
-    if (!pcsr_gconv_available() || cout < 8 || cout > 16 || cin < 1 || groups < 1 || H < 1 || W < 1) return -1;
+    if (!pcsr_cpu_supported() || cout < 8 || cout > 16 || cin < 1 || groups < 1 || H < 1 || W < 1) return -1;
     struct gconv_args a = {in, wt, bias, H, W, groups, cin, cout, relu, out};
     pcsr_parallel_for(N * H, 1, threads, gconv_range, &a);
     return 0;

@@ -119,15 +119,6 @@ TARGET static void run_block(const float *proj, int64_t w0, const float *sub_bia
 }
 #endif
 
-/* 1 where this CPU and build run the kernel, else 0 (the caller then uses torch). */
-int pcsr_mlp_available(void) {
-#if HAVE_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
 
 int pcsr_max_width(void) { return MAXW; }
 
@@ -162,7 +153,7 @@ int pcsr_mlp_f32(const float *proj, int64_t w0, const float *sub_bias, int64_t s
                  int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const float *const *wt,
                  const float *const *b, float *out, int32_t threads) {
 #if HAVE_X86
-    if (!pcsr_mlp_available() || n_layers < 1 || w0 % 8 || w0 > MAXW || (scatter && !rows)) return -1;
+    if (!pcsr_cpu_supported() || n_layers < 1 || w0 % 8 || w0 > MAXW || (scatter && !rows)) return -1;
     for (int l = 0; l <= n_layers; l++)
         if (dims[l] < 1 || (dims[l] + 7) / 8 * 8 > MAXW) return -1;
     struct mlp_args a = {proj, sub_bias, w0, ss, rows, scatter, n_layers, dims, wt, b, out};

@@ -1,4 +1,4 @@
-/* Threads for the kernels: torch's own OpenMP team, borrowed through GOMP_parallel.
+/* What the kernels share: the CPU check, and threads: torch's own OpenMP team, borrowed through GOMP_parallel.
  *
  * Why: a kernel that ran on threads of its own would compete for the cores with torch's OpenMP
  * workers, which spin for milliseconds after every parallel operation before they sleep. The
@@ -9,6 +9,9 @@
 #ifndef PCSR_PARALLEL_H
 #define PCSR_PARALLEL_H
 #include <stdint.h>
+
+/* 1 where this build and CPU run the kernels (x86 with AVX2 and FMA), else 0. */
+int pcsr_cpu_supported(void);
 
 typedef void (*pcsr_range_fn)(void *ctx, int64_t begin, int64_t end);
 
