@@ -1,9 +1,9 @@
-"""The compiled per-pixel MLP kernel (csrc/mlp.c), loaded with ctypes when it is there.
+"""The compiled kernels (csrc/: whole per-pixel MLPs, grouped 3x3 convolutions), loaded with ctypes.
 
-Optional by design: the package builds it at install where a C compiler is found, and every caller
-falls back to torch operations where it is missing, refused (no AVX2/FMA, another architecture) or
-the tensors are not what it takes (not fp32 on the CPU, layers wider than it supports).
-PCSR_KERNEL=0 in the environment turns it off.
+Optional by design: the package builds them at install where a C compiler is found, and every caller
+falls back to torch operations where they are missing, refused (no AVX2/FMA, another architecture)
+or the tensors are not what they take (not fp32 on the CPU, layers wider than supported).
+PCSR_KERNEL=0 in the environment turns them off.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
@@ -40,7 +41,6 @@ def _library() -> ctypes.CDLL | None:
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
                 ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
             lib.pcsr_set_openmp.argtypes = [ctypes.c_void_p] * 3
-            lib.pcsr_has_openmp.restype = ctypes.c_int
             lib.pcsr_set_openmp(*_openmp_entry_points())
             return lib if lib.pcsr_cpu_supported() else None
     return None
@@ -171,11 +171,13 @@ class GroupedConv3x3:
                 and x.shape[1] == self.groups * self.cin and x.is_contiguous(memory_format=torch.channels_last)
                 and not (torch.is_grad_enabled() and x.requires_grad))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, relu: bool | None = None) -> torch.Tensor:
+        """`relu` overrides the constructor's choice (None: keep it)."""
+        relu = self.relu if relu is None else relu
         n, _, h, w = x.shape
         out = torch.empty(n, self.groups * self.cout, h, w, memory_format=torch.channels_last)
         code = _library().pcsr_gconv3x3_f32(x.data_ptr(), n, h, w, self.groups, self.cin, self.cout,
-                                            self.wt.data_ptr(), self.bias.data_ptr(), int(self.relu),
+                                            self.wt.data_ptr(), self.bias.data_ptr(), int(relu),
                                             out.data_ptr(), torch.get_num_threads())
         if code:
             raise RuntimeError("the grouped convolution kernel refused its arguments")

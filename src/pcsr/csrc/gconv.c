@@ -17,15 +17,7 @@
 
 #include "parallel.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define HAVE_X86 1
-#else
-#define HAVE_X86 0
-#endif
-
 #if HAVE_X86
-#define TARGET __attribute__((target("avx2,fma")))
 #define PIX 6 /* output pixels per micro-tile */
 
 #define GACC(r) __m256 c##r##0 = b0, c##r##1 = b1;

@@ -27,15 +27,7 @@
 #define BLOCK 32     /* rows per pass through all layers */
 #define MAXW 128     /* widest layer (padded) this kernel takes */
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define HAVE_X86 1
-#else
-#define HAVE_X86 0
-#endif
-
 #if HAVE_X86
-#define TARGET __attribute__((target("avx2,fma")))
 
 /* out[ROWS][n0 .. n0 + 8*NB) = act(h[ROWS][0..k) @ wt[0..k)[n0 ..] + b[n0 ..]).
  * Accumulators are named variables, not an array: gcc keeps an array of vectors in memory and

@@ -3,7 +3,7 @@
 #include <stddef.h>
 
 int pcsr_cpu_supported(void) {
-#if defined(__x86_64__) || defined(_M_X64)
+#if HAVE_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
@@ -27,8 +27,6 @@ void pcsr_set_openmp(void *parallel, void *tnum, void *tcount) {
         gomp_parallel = NULL;
     }
 }
-
-int pcsr_has_openmp(void) { return gomp_parallel != NULL; }
 
 struct job {
     pcsr_range_fn fn;

@@ -10,6 +10,14 @@
 #define PCSR_PARALLEL_H
 #include <stdint.h>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define HAVE_X86 1
+#define TARGET __attribute__((target("avx2,fma"))) /* built for any x86; run where pcsr_cpu_supported */
+#else
+#define HAVE_X86 0
+#endif
+
 /* 1 where this build and CPU run the kernels (x86 with AVX2 and FMA), else 0. */
 int pcsr_cpu_supported(void);
 

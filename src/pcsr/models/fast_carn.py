@@ -91,8 +91,7 @@ class _Conv:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None and not self.kernel_off and self.kernel.applies_to(x):
-            self.kernel.relu = self.relu  # the tail may set relu after construction
-            return self.kernel(x)
+            return self.kernel(x, self.relu)  # self.relu, not the kernel's: the tail sets it later
         if self.fused:
             return _conv_relu_op(x, self.w, self.b, self.pad, [1, 1], [1, 1], self.groups,
                                  "relu" if self.relu else "none", [], "")

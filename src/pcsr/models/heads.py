@@ -187,6 +187,7 @@ class SubpixelQueries:
         self.s = scale
         self.feat_rows = feat.permute(0, 2, 3, 1).reshape(-1, self.c)  # (N*h*w, C)
         self.offsets = subpixel_offsets(scale, feat.device, feat.dtype)
+        self._fused: dict[int, kernels.FusedMLP | None] = {}  # per MLP, laid out once per query object
 
     @property
     def rows(self) -> int:
@@ -246,8 +247,10 @@ class SubpixelQueries:
         fp32 on the CPU, autograd on, the kernel not built or not for this CPU, layers too wide)."""
         if not self._kernel_ready(dtype):
             return None
-        f = kernels.FusedMLP(mlp, self.c)
-        return f if f.supported else None
+        if id(mlp) not in self._fused:
+            f = kernels.FusedMLP(mlp, self.c)
+            self._fused[id(mlp)] = f if f.supported else None
+        return self._fused[id(mlp)]
 
     def _kernel_ready(self, dtype: torch.dtype | None = None) -> bool:
         return ((dtype or self.feat_rows.dtype) == torch.float32 and self.feat_rows.device.type == "cpu"
