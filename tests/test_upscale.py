@@ -432,6 +432,7 @@ def test_damaged_weights(cli, tmp_path, model_file, damage):
 @pytest.mark.parametrize("args", [
     ["--budget", "1.5"], ["--tile", "-1"], ["--tile", "x"], ["--ext", "gif"], ["--precision", "fp8"],
     ["--device", "tpu"], ["--max-pixels", "0"], ["-k", "1", "--adaptive"], ["--tile-pad", "1"],
+    ["-s", "0"], ["-s", "x"], ["--outscale", "-2"], ["-s", "100"],
 ])
 def test_bad_usage_exits_2(cli, tmp_path, args, capsys):
     _rgb(tmp_path / "a.png")
@@ -556,3 +557,76 @@ def test_output_file_misuse(cli, tmp_path, capsys, extra, message):
         cli(*inputs, "-o", tmp_path / "out.webp", *opts, "--quiet")
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out.webp").exists()
+
+
+# ----------------------------------------------------------------------------- Real-ESRGAN's flags
+def test_dash_i_and_dash_t_as_in_real_esrgan(cli, tmp_path):
+    """`-i` adds inputs beside the positional ones; `-t` is --tile: tiled output equals untiled."""
+    _rgb(tmp_path / "a.png")
+    Image.fromarray(pixels((H, W, 3), seed=1)).save(tmp_path / "b.png")
+    code, out, err = cli("-i", tmp_path / "a.png", "-i", tmp_path / "b.png", "-o", tmp_path / "t", "-t", "4",
+                         "--quiet")
+    assert code == 0, err
+    assert out.count("\n") == 2
+    code, _, err = cli(tmp_path / "a.png", "-i", tmp_path / "b.png", "-o", tmp_path / "u", "--tile", "0", "--quiet")
+    assert code == 0, err
+    for name in ("a_x4.png", "b_x4.png"):
+        tiled = np.asarray(Image.open(tmp_path / "t" / name)).astype(int)
+        untiled = np.asarray(Image.open(tmp_path / "u" / name)).astype(int)
+        assert np.abs(tiled - untiled).max() <= 1
+
+
+def test_no_input_at_all_is_a_usage_error(cli, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli("--quiet")
+    assert exc.value.code == 2 and "at least one input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("outscale, suffix", [("2", "x2"), ("2.5", "x2.5"), ("0.5", "x0.5"), ("6", "x6")])
+def test_outscale_resizes_the_models_result(cli, tmp_path, outscale, suffix):
+    """-s resizes the x4 result with Lanczos to round(size * s) and names it x<s>."""
+    _rgb(tmp_path / "a.png")
+    assert cli(tmp_path / "a.png", "-o", tmp_path / "native", "--quiet")[0] == 0
+    code, out, err = cli(tmp_path / "a.png", "-s", outscale, "--class-map", "--quiet")
+    assert code == 0, err
+    s = float(outscale)
+    size = (max(1, round(W * s)), max(1, round(H * s)))
+    result = tmp_path / f"a_{suffix}.png"
+    assert f"-> {result}  {size[0]}x{size[1]}  " in out
+    got = Image.open(result)
+    assert got.size == size
+    native = Image.open(tmp_path / "native" / "a_x4.png")
+    expect = np.asarray(native.resize(size, Image.Resampling.LANCZOS)).astype(int)
+    assert np.array_equal(np.asarray(got).astype(int), expect)
+    assert Image.open(tmp_path / f"a_{suffix}_classes.png").size == size
+
+
+def test_outscale_equal_to_the_models_scale_changes_nothing(cli, tmp_path):
+    _rgb(tmp_path / "a.png")
+    assert cli(tmp_path / "a.png", "-o", tmp_path / "plain", "--quiet")[0] == 0
+    assert cli(tmp_path / "a.png", "-o", tmp_path / "four", "-s", "4", "--quiet")[0] == 0
+    plain = np.asarray(Image.open(tmp_path / "plain" / "a_x4.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "four" / "a_x4.png")), plain)
+
+
+@pytest.mark.parametrize("kind", ["rgba", "16-bit rgb", "16-bit gray", "gray"])
+def test_outscale_keeps_mode_bits_and_alpha(cli, tmp_path, kind):
+    name, make, mode, bits = KINDS[kind]
+    make(tmp_path / name)
+    code, _, err = cli(tmp_path / name, "-s", "2", "--quiet")
+    assert code == 0, err
+    pic = imageio.read_image(tmp_path / name.replace(".", "_x2."))
+    assert pic.rgb.shape == (H * 2, W * 2, 3) and (pic.mode, pic.bits) == (mode, bits)
+    assert (pic.alpha is None) == (kind != "rgba")
+
+
+def test_resample_sixteen_bits_matches_pillow_in_float():
+    """16-bit samples: each channel resized in float32 and rounded, clipped to the 16-bit range."""
+    a = pixels((9, 13, 3), seed=3, dtype=np.uint16)
+    got = imageio.resample(a, (20, 31))
+    assert got.dtype == np.uint16 and got.shape == (20, 31, 3)
+    for c in range(3):
+        ref = Image.fromarray(a[..., c].astype(np.float32), mode="F").resize((31, 20), Image.Resampling.LANCZOS)
+        assert np.array_equal(got[..., c], np.rint(np.clip(np.asarray(ref), 0, 65535)).astype(np.uint16))
+    labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert np.array_equal(imageio.resample(labels, (6, 8), nearest=True), labels.repeat(2, 0).repeat(2, 1))

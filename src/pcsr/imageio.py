@@ -373,6 +373,27 @@ def _read_wide(im: Image.Image, path: Path, name: str, rawmodes: list[str]) -> P
 # --------------------------------------------------------------------------- writing
 
 
+def resample(samples: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """(H, W[, C]) uint8 or uint16 samples resized to size = (height, width): Lanczos (with
+    Pillow's antialiasing when shrinking), or nearest for labels such as class maps.
+
+    8-bit samples go through Pillow's own 8-bit path; 16-bit ones a channel at a time in float32,
+    since Pillow has no 16-bit RGB mode."""
+    height, width = size
+    method = Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS
+    planes = samples[..., None] if samples.ndim == 2 else samples
+    if samples.dtype == np.uint8 and planes.shape[2] in (1, 3):
+        img = Image.fromarray(planes[..., 0] if planes.shape[2] == 1 else planes)
+        out = np.asarray(img.resize((width, height), method))
+        return out if samples.ndim == 2 or out.ndim == 3 else out[..., None]
+    top = float(np.iinfo(samples.dtype).max)
+    out = np.empty((height, width, planes.shape[2]), dtype=samples.dtype)
+    for c in range(planes.shape[2]):
+        plane = Image.fromarray(planes[..., c].astype(np.float32), mode="F").resize((width, height), method)
+        out[..., c] = np.rint(np.clip(np.asarray(plane), 0.0, top)).astype(samples.dtype)
+    return out[..., 0] if samples.ndim == 2 else out
+
+
 def write_image(
     path: str | os.PathLike,
     rgb: np.ndarray,

@@ -37,17 +37,24 @@ def add_parser(sub) -> None:
                     "with enough context that the result equals the untiled one; adaptive and budget "
                     "routing are decided over the whole image. Under torchrun the inputs are split "
                     "across the processes.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (their images) or glob patterns")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (their images) or glob patterns")
+    p.add_argument("-i", "--input", dest="more_inputs", action="append", default=[], metavar="INPUT",
+                   help="an input as -i gives it in Real-ESRGAN's scripts (may be repeated; adds to INPUT)")
     p.add_argument("-o", "--output", dest="outdir", default=None, metavar="OUT",
                    help="output folder (default: next to each input); with a single input image, also a "
                         "file name with an image extension (.png, .jpg, .webp, .tif, .bmp), which sets the format")
-    p.add_argument("--suffix", default=None, help="added to the output name: <stem>_<suffix>.<ext> (default x<scale>)")
+    p.add_argument("-s", "--outscale", type=_scale, default=None, metavar="S",
+                   help="final scale of the output against the input (default: the model's own, 4 for the "
+                        "bundled model); another value resizes the model's result with Lanczos, as "
+                        "Real-ESRGAN's --outscale does")
+    p.add_argument("--suffix", default=None,
+                   help="added to the output name: <stem>_<suffix>.<ext> (default x<scale>, e.g. x4 or x2.5)")
     p.add_argument("--ext", default="auto", choices=["auto", *EXTENSIONS],
                    help="output format (default auto: the input's own)")
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled model name or path (.safetensors, reference .pth)")
     cli._add_routing(p)
-    p.add_argument("--tile", type=_count, default=None, metavar="N",
+    p.add_argument("-t", "--tile", type=_count, default=None, metavar="N",
                    help="tile side in LR pixels (default: from free memory; 0: never tile)")
     p.add_argument("--tile-pad", type=_count, default=None, metavar="P",
                    help="LR pixels of context around each tile (default and minimum: the model's receptive radius + 2)")
@@ -80,6 +87,26 @@ def _positive(text: str) -> int:
     if value == 0:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 < value <= 64):
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 64, got {text}")
+    return value
+
+
+def scale_label(scale: float) -> str:
+    """x4, x2.5: the default suffix."""
+    return f"x{scale:g}"
+
+
+def out_size(h: int, w: int, scale: float) -> tuple[int, int]:
+    """Output (height, width) of an h x w input at `scale`, at least one pixel each."""
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def _device(text: str) -> str:
@@ -193,7 +220,7 @@ class Outcome:
 
 
 def upscale_file(model: api.Model, job: Job, routing, *, tile=None, pad=None, max_pixels=imageio.DEFAULT_MAX_PIXELS,
-                 progress=None) -> Outcome:
+                 progress=None, outscale: float | None = None) -> Outcome:
     """Read, upscale, write one image (and its class map); raises PcsrError with a one-line reason."""
     t0 = time.perf_counter()
     pic = imageio.read_image(job.input, max_pixels=max_pixels)
@@ -204,12 +231,19 @@ def upscale_file(model: api.Model, job: Job, routing, *, tile=None, pad=None, ma
                              gray=pic.mode in ("L", "LA"), alpha=alpha, progress=progress)
     except PcsrError as err:
         raise PcsrError(f"{job.input}: {err}") from None
+    h, w = lr.shape[1:]
     del lr, alpha
-    imageio.write_image(job.output, res.pixels, alpha=res.alpha, mode=pic.mode, bits=pic.bits,
+    pixels, alpha_out, classes = res.pixels, res.alpha, res.classes
+    if outscale is not None and outscale != model.scale:
+        size = out_size(h, w, outscale)
+        pixels = imageio.resample(pixels, size)
+        alpha_out = None if alpha_out is None else imageio.resample(alpha_out, size)
+        classes = None if classes is None else imageio.resample(classes, size, nearest=True)
+    imageio.write_image(job.output, pixels, alpha=alpha_out, mode=pic.mode, bits=pic.bits,
                         icc_profile=pic.icc_profile, exif=pic.exif)
-    if job.class_map is not None and res.classes is not None:
-        imageio.write_image(job.class_map, tint(res.pixels, res.classes, model.net.num_classes))
-    H, W = res.pixels.shape[:2]
+    if job.class_map is not None and classes is not None:
+        imageio.write_image(job.class_map, tint(pixels, classes, model.net.num_classes))
+    H, W = pixels.shape[:2]
     return Outcome(W, H, res.flops, res.max_flops, res.heavy_fraction, time.perf_counter() - t0)
 
 
@@ -293,7 +327,10 @@ def run(args) -> int:
         args.usage_error(str(err))
     rank, world = rank_and_world()
     report = _Report(args.json, bars=not args.quiet and rank == 0)
-    images, bad_items = expand_inputs(args.inputs)
+    items = list(args.inputs) + list(args.more_inputs)
+    if not items:
+        args.usage_error("give at least one input image, folder or glob (INPUT or -i INPUT)")
+    images, bad_items = expand_inputs(items)
     if rank == 0:  # every rank sees the same items; one report is enough
         for item, message in bad_items:
             report.fail(item, None, message)
@@ -318,7 +355,7 @@ def run(args) -> int:
         args.usage_error(f"--tile-pad {args.tile_pad} is below this model's need of {need} LR pixels of context")
     if args.class_map and not model.is_pcsr:
         _line(sys.stderr, "pcsr upscale: note: --class-map ignored, this model has no upsampler classes")
-    suffix = args.suffix if args.suffix is not None else f"x{model.scale}"
+    suffix = args.suffix if args.suffix is not None else scale_label(args.outscale or model.scale)
     jobs = plan_jobs(images, args.outdir, suffix, args.ext, args.class_map and model.is_pcsr, args.overwrite,
                      out_file)
     mine = jobs[rank::world]
@@ -338,7 +375,7 @@ def run(args) -> int:
             continue
         try:
             outcome = upscale_file(model, job, routing, tile=args.tile, pad=args.tile_pad,
-                                   max_pixels=args.max_pixels, progress=tile_bar)
+                                   max_pixels=args.max_pixels, progress=tile_bar, outscale=args.outscale)
         except PcsrError as err:
             report.fail(str(job.input), job.output, str(err))
             continue
