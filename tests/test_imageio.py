@@ -305,7 +305,8 @@ def test_exif_orientation_applies_to_16bit_colour(tmp_path):
 def test_multiframe_gif_gives_the_first_frame(tmp_path):
     frames = [Image.fromarray(u8((H, W), seed=s)).convert("P") for s in (16, 17)]
     frames[0].save(tmp_path / "in.gif", save_all=True, append_images=frames[1:])
-    pic = read_image(tmp_path / "in.gif")
+    with pytest.warns(UserWarning, match=r"in\.gif: 2 frames; only the first is upscaled"):
+        pic = read_image(tmp_path / "in.gif")
     assert np.array_equal(as8(pic.rgb), np.asarray(frames[0].convert("RGB")))
 
 

@@ -174,6 +174,18 @@ def test_gif_input_gives_png_output(cli, tmp_path):
     assert (tmp_path / "a_x4.png").exists()
 
 
+def test_animated_gif_warns_that_only_the_first_frame_is_upscaled(cli, tmp_path):
+    frames = [Image.fromarray(pixels((H, W, 3), seed=i)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    code, _, err = cli(tmp_path / "anim.gif", "--quiet")
+    assert code == 0
+    assert err == f"pcsr upscale: warning: {tmp_path / 'anim.gif'}: 3 frames; only the first is upscaled\n"
+    first = np.asarray(Image.open(tmp_path / "anim.gif").convert("RGB"))
+    with pytest.warns(UserWarning, match="3 frames"):
+        pic = imageio.read_image(tmp_path / "anim.gif")
+    assert np.array_equal(np.rint(pic.rgb * 255).astype(np.uint8), first)
+
+
 # ----------------------------------------------------------------------------- batches and output
 def test_folders_globs_and_files_in_one_call(cli, tmp_path):
     (tmp_path / "f").mkdir()

@@ -15,7 +15,7 @@ Supported:
 
 Limitations:
 
-* Multi-frame files (animated GIF/WebP/PNG, multipage TIFF): only the first frame.
+* Multi-frame files (animated GIF/WebP/PNG, multipage TIFF): only the first frame (with a warning).
 * 16-bit gray+alpha TIFF is written as 16-bit RGBA, since Pillow cannot read the
   gray+alpha layout back; 16-bit gray+alpha TIFF files from elsewhere are read by
   whatever Pillow does with them.
@@ -163,6 +163,9 @@ def _read(path: Path, name: str, max_pixels: int) -> Picture:
                     f"{name}: {width}x{height} pixels is above the limit of {max_pixels} (--max-pixels)"
                 )
             fmt = im.format or "unknown"
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                warnings.warn(f"{name}: {frames} frames; only the first is upscaled", stacklevel=3)
             icc = im.info.get("icc_profile") or None
             raw_exif = im.info.get("exif")
             wide = _wide_rawmodes(im)
