@@ -241,3 +241,12 @@ def test_memory_estimate_is_above_the_measured_figure(spec, measured):
     the reference checkpoints' architectures; the estimate must not be below it."""
     estimate = tiling.bytes_per_lr_pixel(Model(build_model(spec), device="cpu"))
     assert measured < estimate < 5 * measured
+
+
+def test_expected_peak_is_the_largest_tile_with_its_context(models):
+    model = models["carn"]
+    per_px = tiling.TYPICAL_SHARE * tiling.bytes_per_lr_pixel(model)
+    ctx = tiling.required_context(model)
+    assert tiling.expected_peak(model, 300, 500, tile=0) == int(per_px * 300 * 500)
+    assert tiling.expected_peak(model, 300, 500, tile=100) == int(per_px * (100 + 2 * ctx) ** 2)
+    assert tiling.expected_peak(model, 30, 500, tile=100, context=30) == int(per_px * 30 * 160)

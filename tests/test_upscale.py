@@ -642,3 +642,20 @@ def test_resample_sixteen_bits_matches_pillow_in_float():
         assert np.array_equal(got[..., c], np.rint(np.clip(np.asarray(ref), 0, 65535)).astype(np.uint16))
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     assert np.array_equal(imageio.resample(labels, (6, 8), nearest=True), labels.repeat(2, 0).repeat(2, 1))
+
+
+def test_first_image_memory_is_prefaulted_once(cli, tmp_path, monkeypatch, model_file):
+    """The command asks the heap for the first image's expected peak (capped), once per run."""
+    from pcsr import api, runtime, tiling
+    calls = []
+    monkeypatch.setattr(runtime, "prefault_heap", lambda n: calls.append(n) or True)
+    _rgb(tmp_path / "a.png")
+    Image.fromarray(pixels((2 * H, 3 * W, 3), seed=2)).save(tmp_path / "b.png")
+    code, _, err = cli(tmp_path / "a.png", tmp_path / "b.png", "-t", "5", "--quiet")
+    assert code == 0, err
+    model = api.load(str(model_file))
+    assert calls == [min(upscale.PREFAULT_CAP, tiling.expected_peak(model, H, W, tile=5))]
+    monkeypatch.setattr(tiling, "TYPICAL_SHARE", 1e9)  # an estimate above the cap gets the cap
+    calls.clear()
+    assert cli(tmp_path / "a.png", "-o", tmp_path / "out", "--quiet")[0] == 0
+    assert calls == [upscale.PREFAULT_CAP]
