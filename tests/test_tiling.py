@@ -248,5 +248,9 @@ def test_expected_peak_is_the_largest_tile_with_its_context(models):
     per_px = tiling.TYPICAL_SHARE * tiling.bytes_per_lr_pixel(model)
     ctx = tiling.required_context(model)
     assert tiling.expected_peak(model, 300, 500, tile=0) == int(per_px * 300 * 500)
+    assert tiling.expected_peak(model, 300, 500, tile=500) == int(per_px * 300 * 500)
+    # 300 x 500 in tiles of at most 100: 3 x 5 tiles of exactly 100, the middle ones with context all round
     assert tiling.expected_peak(model, 300, 500, tile=100) == int(per_px * (100 + 2 * ctx) ** 2)
+    # 1080 x 1920 in tiles of at most 962: four 540 x 960 tiles, each with context on two sides (as at 8K)
+    assert tiling.expected_peak(model, 1080, 1920, tile=962) == int(per_px * (540 + ctx) * (960 + ctx))
     assert tiling.expected_peak(model, 30, 500, tile=100, context=30) == int(per_px * 30 * 160)

@@ -101,8 +101,9 @@ def expected_peak(model: Model, h: int, w: int, tile: int | None = None, context
     ctx = required_context(model) if context is None else int(context)
     if tile is None:
         tile = auto_tile(model, ctx)
-    th, tw = (h, w) if tile == 0 else (min(h, tile + 2 * ctx), min(w, tile + 2 * ctx))
-    return int(TYPICAL_SHARE * bytes_per_lr_pixel(model) * th * tw)
+    tiles = plan_tiles(h, w, max(h, w) if tile == 0 else tile, ctx)
+    pixels = max((t.py1 - t.py0) * (t.px1 - t.px0) for t in tiles)
+    return int(TYPICAL_SHARE * bytes_per_lr_pixel(model) * pixels)
 
 
 def available_memory(device: torch.device) -> int | None:
