@@ -64,3 +64,15 @@ def test_convert_reference(official, tmp_path, capsys):
     net, info = weights.load(dst)
     assert net.spec.upsamplers == ((20, 20, 20), (74, 74, 74, 74)) and net.spec.classifier == (10, 10)
     assert net.spec.backbone_args == {"nf": 52, "groups": 4} and net.spec.mean[0] == 0.4488
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["upscale", "--help"], ["upscale"],
+                                  ["eval", "--help"], ["bench", "--help"], ["train", "--help"]])
+def test_help_and_usage_errors_need_no_torch(argv):
+    """They answer before torch's import (seconds): nothing on their way imports it."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom pcsr.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -13,9 +13,6 @@ import json
 import statistics
 import time
 
-import torch
-
-from . import kernels
 from .errors import PcsrError
 
 
@@ -43,7 +40,7 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def _lr(path: str, scale: int, from_hr: bool) -> torch.Tensor:
+def _lr(path: str, scale: int, from_hr: bool) -> "torch.Tensor":  # noqa: F821
     from .evaluate import hr_tensor, make_lr
     img = hr_tensor(path)
     return (make_lr(img, scale)[1] if from_hr else img).unsqueeze(0)
@@ -54,6 +51,7 @@ def _call(model, lr, routing, path: str):
     t0 = time.perf_counter()
     res = model.run(lr, routing, **kwargs)
     if model.device.type == "cuda":
+        import torch
         torch.cuda.synchronize()
     return time.perf_counter() - t0, res
 
@@ -85,7 +83,9 @@ def stage_profile(model, lr, routing, path: str = "auto") -> dict[str, float]:
 
 
 def run(args) -> int:
-    from . import api
+    import torch
+
+    from . import api, kernels
     from .models.pcsr import Routing
     if args.threads:
         torch.set_num_threads(args.threads)

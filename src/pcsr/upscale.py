@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from . import api, cli, imageio, runtime, tiling
+from . import cli, imageio, runtime
 from .errors import ImageError, PcsrError
+
+# torch, and the modules that import it, are imported where they are used: `pcsr --help` and
+# usage errors then answer at once instead of after torch's two-second import.
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tif": ".tif"}
 OPACITY = 0.65
@@ -220,10 +222,13 @@ class Outcome:
     seconds: float
 
 
-def upscale_file(model: api.Model, job: Job, routing, *, tile=None, pad=None, max_pixels=imageio.DEFAULT_MAX_PIXELS,
+def upscale_file(model: "api.Model", job: Job, routing, *, tile=None, pad=None, max_pixels=imageio.DEFAULT_MAX_PIXELS,
                  progress=None, outscale: float | None = None, prepare=None) -> Outcome:
     """Read, upscale, write one image (and its class map); raises PcsrError with a one-line reason.
     `prepare(h, w)` runs once the LR size is known, before the network."""
+    import torch
+
+    from . import tiling
     t0 = time.perf_counter()
     pic = imageio.read_image(job.input, max_pixels=max_pixels)
     lr = torch.from_numpy(pic.rgb).permute(2, 0, 1)  # a view: tiles are copied out one at a time
@@ -319,21 +324,22 @@ def _line(stream, text: str) -> None:
 
 def _device_for_rank(device: str, world: int) -> str:
     """One GPU per local process when torchrun starts several on a machine with several GPUs."""
+    import torch
     if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     return device
 
 
 def run(args) -> int:
+    items = list(args.inputs) + list(args.more_inputs)
+    if not items:
+        args.usage_error("give at least one input image, folder or glob (INPUT or -i INPUT)")
     try:
         routing = cli.routing_from_args(args)
     except PcsrError as err:
         args.usage_error(str(err))
     rank, world = rank_and_world()
     report = _Report(args.json, bars=not args.quiet and rank == 0)
-    items = list(args.inputs) + list(args.more_inputs)
-    if not items:
-        args.usage_error("give at least one input image, folder or glob (INPUT or -i INPUT)")
     images, bad_items = expand_inputs(items)
     if rank == 0:  # every rank sees the same items; one report is enough
         for item, message in bad_items:
@@ -351,6 +357,7 @@ def run(args) -> int:
     if not images[rank::world]:
         return 1 if report.failures else 0
 
+    from . import api, tiling
     model = api.load(args.model, device=_device_for_rank(args.device, world), precision=args.precision)
     with api.autocast(model.device, model.precision):  # an impossible precision fails here, once
         pass
