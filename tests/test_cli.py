@@ -67,9 +67,11 @@ def test_convert_reference(official, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["upscale", "--help"], ["upscale"],
+                                  ["upscale", "no-such-image.png"], ["upscale", "a.png", "--budget", "5"],
                                   ["eval", "--help"], ["bench", "--help"], ["train", "--help"]])
 def test_help_and_usage_errors_need_no_torch(argv):
-    """They answer before torch's import (seconds): nothing on their way imports it."""
+    """They answer before torch's import (seconds): nothing on their way imports it (an input
+    that does not exist included: no model is loaded for nothing)."""
     import subprocess
     import sys
     code = ("import sys\nfrom pcsr.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"

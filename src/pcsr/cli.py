@@ -107,10 +107,15 @@ def _add_routing(p):
     p.add_argument("--no-refine", action="store_true", help="switch off the pixel-wise refinement")
 
 
-def routing_from_args(args):
-    from .models.pcsr import Routing
+def check_routing_args(args) -> None:
+    """Usage errors of the routing flags, before anything imports torch."""
     if args.budget is not None and not 0.0 <= args.budget <= 1.0:
         raise PcsrError(f"--budget must be between 0 and 1, got {args.budget}")
+
+
+def routing_from_args(args):
+    check_routing_args(args)
+    from .models.pcsr import Routing
     return Routing(k=args.k, adaptive=args.adaptive, budget=args.budget, refine=not args.no_refine)
 
 

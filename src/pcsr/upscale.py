@@ -335,7 +335,7 @@ def run(args) -> int:
     if not items:
         args.usage_error("give at least one input image, folder or glob (INPUT or -i INPUT)")
     try:
-        routing = cli.routing_from_args(args)
+        cli.check_routing_args(args)
     except PcsrError as err:
         args.usage_error(str(err))
     rank, world = rank_and_world()
@@ -358,6 +358,7 @@ def run(args) -> int:
         return 1 if report.failures else 0
 
     from . import api, tiling
+    routing = cli.routing_from_args(args)
     model = api.load(args.model, device=_device_for_rank(args.device, world), precision=args.precision)
     with api.autocast(model.device, model.precision):  # an impossible precision fails here, once
         pass
