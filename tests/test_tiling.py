@@ -254,3 +254,26 @@ def test_expected_peak_is_the_largest_tile_with_its_context(models):
     # 1080 x 1920 in tiles of at most 962: four 540 x 960 tiles, each with context on two sides (as at 8K)
     assert tiling.expected_peak(model, 1080, 1920, tile=962) == int(per_px * (540 + ctx) * (960 + ctx))
     assert tiling.expected_peak(model, 30, 500, tile=100, context=30) == int(per_px * 30 * 160)
+
+
+@pytest.mark.parametrize("name,rule", [("carn", "k0"), ("fsrcnn3", "budget"), ("original", "k0")])
+def test_api_upscale_tiles_large_images_like_the_command(models, name, rule):
+    """Model.upscale runs an image wider than `tile` in tiles: the same 8-bit result, class map and
+    FLOPs as untiled (within one level where float rounding crosses a .5)."""
+    model = models[name]
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    kwargs = {"budget": 0.3} if rule == "budget" else {"k": 0.0}
+    whole = model.upscale(img, tile=0, **kwargs)
+    tiled = model.upscale(img, tile=10, **kwargs)
+    a, b = np.asarray(whole.image).astype(int), np.asarray(tiled.image).astype(int)
+    assert a.shape == b.shape == (H * model.scale, W * model.scale, 3)
+    assert np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
+    assert np.array_equal(tiled.sr, np.asarray(tiled.image, dtype=np.float32) / 255)
+    if whole.class_map is None:
+        assert tiled.class_map is None
+    else:
+        assert np.array_equal(whole.class_map, tiled.class_map)
+    assert (tiled.flops, tiled.max_flops) == (whole.flops, whole.max_flops)
+    untiled_by_default = model.upscale(img, **kwargs)  # the automatic side is far above this image's
+    assert np.array_equal(untiled_by_default.sr, whole.sr)

@@ -82,7 +82,7 @@ def autocast(device: torch.device, precision: str):
 @dataclass
 class Upscaled:
     image: Image.Image                 # the result, 8-bit RGB
-    sr: np.ndarray                     # float32 HxWx3 in [0, 1], before 8-bit rounding
+    sr: np.ndarray                     # float32 HxWx3 in [0, 1], before 8-bit rounding (after it, if tiled)
     class_map: np.ndarray | None       # HxW uint8, 0 = cheapest upsampler; None for original models
     flops: int
     max_flops: int
@@ -136,11 +136,25 @@ class Model:
         return res
 
     def upscale(self, image, k: float = 0.0, adaptive: bool = False, budget: float | None = None,
-                refine: bool = True, scale: float | None = None) -> Upscaled:
-        """image: PIL.Image or HxWx3 uint8 array."""
+                refine: bool = True, scale: float | None = None, tile: int | None = None) -> Upscaled:
+        """image: PIL.Image or HxWx3 uint8 array.
+
+        At the model's own scale, an image wider or taller than `tile` LR pixels (None: a side
+        that fits the free memory, as `pcsr upscale` picks it; 0: never tile) runs in tiles with
+        exact context, in bounded memory, like the command; its `sr` is then the 8-bit result / 255.
+        """
         arr = _as_rgb_array(image)
+        routing = Routing(k=k, adaptive=adaptive, budget=budget, refine=refine)
+        if scale is None or scale == self.scale:
+            from . import tiling
+            side = tiling.auto_tile(self, tiling.required_context(self)) if tile is None else int(tile)
+            if side > 0 and max(arr.shape[:2]) > side:
+                tiled = tiling.upscale(self, torch.from_numpy(arr).permute(2, 0, 1).float().div_(255), routing,
+                                       tile=side)
+                return Upscaled(Image.fromarray(tiled.pixels), tiled.pixels.astype(np.float32) / 255,
+                                tiled.classes, int(tiled.flops), int(tiled.max_flops))
         lr = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).float().div_(255)
-        res = self.run(lr, Routing(k=k, adaptive=adaptive, budget=budget, refine=refine), scale=scale)
+        res = self.run(lr, routing, scale=scale)
         sr = res.sr[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
         img = Image.fromarray(np.round(sr * 255).astype(np.uint8))
         cmap = None if res.classes is None else res.classes[0].to(torch.uint8).cpu().numpy()
