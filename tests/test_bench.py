@@ -36,6 +36,9 @@ def test_bench_json_rows(tmp_path, capsys):
     assert rows[1]["speed_vs_first"] == ratios[1]
     assert 0 <= rows[1]["heavy_fraction"] <= 1 and rows[1]["gflops"] <= rows[1]["max_gflops"]
     assert all(r["mlp_kernel"] is kernels.available() for r in rows)
+    import torch
+    assert all(r["machine"]["isa"] == torch.backends.cpu.get_cpu_capability()
+               and r["machine"]["threads"] == torch.get_num_threads() and r["machine"]["cpu"] for r in rows)
 
 
 def test_timed_runs_are_interleaved(tmp_path, monkeypatch):
@@ -63,7 +66,9 @@ def test_bench_table_and_errors(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["model", "prec", "path"] and "speed" in out[0]
     assert "1.00x" in out[1]
-    assert out[-1].startswith("MLP heads (fp32, CPU): ")
-    assert ("compiled kernel" in out[-1]) is kernels.available()
+    assert out[-2].startswith("MLP heads (fp32, CPU): ")
+    assert ("compiled kernel" in out[-2]) is kernels.available()
+    m = bench.machine()
+    assert out[-1] == f"machine: {m['cpu']}, {m['isa']}, {m['threads']} threads, torch {m['torch']}"
     assert main(["bench", "--model", str(p), "-i", str(img), "--repeat", "0"]) == 1
     assert "--repeat must be at least 1" in capsys.readouterr().err

@@ -82,6 +82,23 @@ def stage_profile(model, lr, routing, path: str = "auto") -> dict[str, float]:
     return stages
 
 
+def machine() -> dict:
+    """What the figures were measured on: CPU model, torch's SIMD level, threads, torch version."""
+    import platform
+
+    import torch
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": name, "isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
 def run(args) -> int:
     import torch
 
@@ -112,7 +129,7 @@ def run(args) -> int:
                "speed_vs_first": statistics.median(a / b for a, b in zip(times[0], t)),
                "times": t, "gflops": res.flops[0] / 1e9, "max_gflops": res.max_flops[0] / 1e9,
                "heavy_fraction": heavy, "threads": torch.get_num_threads(), "device": str(model.device),
-               "mlp_kernel": kernels.available()}
+               "mlp_kernel": kernels.available(), "machine": machine()}
         if args.profile:
             row["stages"] = stage_profile(model, lr, routing, path)
         rows.append(row)
@@ -129,4 +146,6 @@ def run(args) -> int:
                 print("    " + "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in r["stages"].items()))
         print("MLP heads (fp32, CPU): " + ("the compiled kernel" if kernels.available() else
                                            "torch operations (kernel not built, not for this CPU, or PCSR_KERNEL=0)"))
+        m = machine()
+        print(f"machine: {m['cpu']}, {m['isa']}, {m['threads']} threads, torch {m['torch']}")
     return 0
