@@ -118,6 +118,7 @@ def run(args) -> int:
                 settings.append((model, lr, path))
                 names.append(name)
     times, results = time_settings(settings, routing, args.repeat)
+    where = machine()
     rows = []
     for name, (model, lr, path), t, res in zip(names, settings, times, results):
         out_px = res.sr.shape[-2] * res.sr.shape[-1]
@@ -129,7 +130,7 @@ def run(args) -> int:
                "speed_vs_first": statistics.median(a / b for a, b in zip(times[0], t)),
                "times": t, "gflops": res.flops[0] / 1e9, "max_gflops": res.max_flops[0] / 1e9,
                "heavy_fraction": heavy, "threads": torch.get_num_threads(), "device": str(model.device),
-               "mlp_kernel": kernels.available(), "machine": machine()}
+               "mlp_kernel": kernels.available(), "machine": where}
         if args.profile:
             row["stages"] = stage_profile(model, lr, routing, path)
         rows.append(row)
@@ -146,6 +147,5 @@ def run(args) -> int:
                 print("    " + "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in r["stages"].items()))
         print("MLP heads (fp32, CPU): " + ("the compiled kernel" if kernels.available() else
                                            "torch operations (kernel not built, not for this CPU, or PCSR_KERNEL=0)"))
-        m = machine()
-        print(f"machine: {m['cpu']}, {m['isa']}, {m['threads']} threads, torch {m['torch']}")
+        print(f"machine: {where['cpu']}, {where['isa']}, {where['threads']} threads, torch {where['torch']}")
     return 0

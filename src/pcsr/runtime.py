@@ -8,8 +8,8 @@ about 1.3x and CARN about 1.5x faster on the 2-core machines we measured.
 Even so, the first image of a process still faults its whole working set in, one 4 KB page at a
 time, and on the virtual machines we measured a fault costs 3-10 us: 0.7-2.5 s per GB, as much as
 the network's own work on a 2K output. `prefault_heap` grows the heap by the expected working set
-in one call per chunk (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14+), about 0.5 s per GB there:
-a cold `pcsr upscale` of a 1.85 MP output went from 2.0-2.1 s to 1.3-1.7 s.
+in one call per chunk (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14+), about 0.3-0.5 s per GB there:
+a cold `pcsr upscale` of a 1.85 MP output went from 2.0-2.3 s to 1.3-1.6 s.
 """
 from __future__ import annotations
 
@@ -23,17 +23,6 @@ _PAGE = 4096
 _CHUNK = 256 << 20  # below the mmap threshold that keep_freed_memory sets, so it comes from the heap
 
 
-def keep_freed_memory(limit: int = 1 << 30) -> bool:
-    """Serve allocations up to `limit` bytes from the heap and keep freed memory there (glibc only)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 * limit))
-    except (OSError, AttributeError):
-        return False
-
-
 def _libc():
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -42,18 +31,26 @@ def _libc():
     return libc
 
 
+def keep_freed_memory(limit: int = 1 << 30) -> bool:
+    """Serve allocations up to `limit` bytes from the heap and keep freed memory there (glibc only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = _libc()
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 * limit))
+    except (OSError, AttributeError):
+        return False
+
+
 def prefault_heap(nbytes: int) -> bool:
     """Make the next `nbytes` of heap allocations land on memory that is already mapped.
 
     Linux with glibc only. It applies `keep_freed_memory()` first (without it glibc would hand
     the memory straight back); nbytes should stay below the trim threshold that sets (2 GB), or
     the freed top of the heap goes back to the kernel. Returns whether the memory was populated."""
-    if nbytes <= 0 or not keep_freed_memory():
+    if nbytes <= 0 or not keep_freed_memory():  # which also says that glibc is there
         return False
-    try:
-        libc = _libc()
-    except (OSError, AttributeError):
-        return False
+    libc = _libc()
     blocks, ok = [], True
     try:
         while ok and nbytes > 0:
