@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -115,7 +116,7 @@ def compare_per_mp(model, lr, routing, args, res8k, cold: float, rounds: int, bi
     minute later compares two moments, not two sizes. Here the 2K crops run between the 8K run's
     tiles (their time taken off the 8K run's), so both sizes see the same moments; each round is
     one 8K run, and the figure is the median ratio over rounds. The first (cold) 8K run above is
-    printed apart: it also pays for the heap growing and oneDNN's first calls on each tile shape.
+    printed apart: it also pays for mapping the memory its first tile grows the heap into.
     """
     H, W = res8k.pixels.shape[:2]
     mp8k = H * W / 1e6
@@ -137,13 +138,11 @@ def compare_per_mp(model, lr, routing, args, res8k, cold: float, rounds: int, bi
         between = _Between(run_crops)
         sec, out = _timed(model, lr, routing, args, bits, progress=between)
         per8k = (sec - between.spent) / mp8k
-        per2k = sorted(v for pair in between.crop_times for v in pair)
-        per2k = (per2k[(len(per2k) - 1) // 2] + per2k[len(per2k) // 2]) / 2
+        per2k = statistics.median(v for pair in between.crop_times for v in pair)
         ratios.append(per8k / per2k)
         print(f"round {i + 1}    8K {per8k:.3f} s/MP ({out.tiles} tiles), 2K {per2k:.3f} s/MP (median of "
               f"{2 * len(between.crop_times)}, between the tiles): 8K is {100 * (ratios[-1] - 1):+.0f} %")
-    ratios.sort()
-    print(f"per MP     8K against 2K, median of {rounds} warm rounds: {100 * (ratios[rounds // 2] - 1):+.0f} % "
+    print(f"per MP     8K against 2K, median of {rounds} warm rounds: {100 * (statistics.median(ratios) - 1):+.0f} % "
           f"(issue #5: within 20 %)")
 
 
