@@ -5,14 +5,16 @@ every cascading step concatenates all earlier outputs again (torch.cat of stride
 tensors: 17 % of CARN-M in fp32 on a 2-core AVX2 CPU, a third in bf16), ReLUs and additions run
 as separate passes over memory, and each batch norm is its own pass. Here
 - nothing is concatenated: a 1x1 fusion of [x0, x1, ..., xk] is the sum of one product per input.
-  Two ways to form that sum, one per precision, each the faster where it was measured:
-  * reduced precision (`_AccumulatingCascade`): each new output is multiplied once by the weight
-    blocks of every later fusion it feeds and added into their accumulators by the matrix product
-    itself (beta = 1); a fusion's ReLU is the pass that reads its accumulator out;
-  * fp32 (`_ChainedCascade`): each fusion is a chain of 1x1 convolutions, one per input, each
-    adding into the partial sum in place (a oneDNN post-op), the last one with the ReLU fused. On an
-    AVX2 CPU the accumulating form runs its products through a BLAS that reaches about half the
-    convolutions' speed on these narrow shapes and gains nothing; the chain saves 8-9 %;
+  Two ways to form that sum:
+  * `_ChainedCascade`, wherever oneDNN's fused convolutions run (fp32 on any x86, bf16 on
+    AVX512/AMX CPUs): each fusion is a chain of 1x1 convolutions, one per input, each adding into
+    the partial sum in place (a oneDNN post-op), the last one with the ReLU fused;
+  * `_AccumulatingCascade` elsewhere (CUDA, CPUs without the fused ops): each new output is
+    multiplied once by the weight blocks of every later fusion it feeds and added into their
+    accumulators by the matrix product itself (beta = 1); a fusion's ReLU is the pass that reads
+    its accumulator out. On an AVX2 CPU its BLAS products reach half the convolutions' speed on
+    these narrow shapes (the chain: -8-9 % fp32); on an AVX512-BF16 CPU in bf16 its ReLU passes over
+    strided slices cost 35 ms per demo image (the chain: -15-20 %);
 - batch norm is folded into the fusion weights (eval mode only);
 - 3x3 convolutions run with the ReLU fused, and the residual unit's 1x1 convolution with its
   addition and ReLU (oneDNN post-ops) where the CPU build has them;
@@ -52,16 +54,16 @@ def fused_conv_works(dtype: torch.dtype) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def accumulate_works() -> bool:
-    """Whether oneDNN's in-place fp32 convolution + add (`acc += conv(x)`, the ReLU after it fused)
-    runs here: another private op of torch, probed once."""
-    if _conv_accumulate_op is None or not fused_conv_works(torch.float32):
+def accumulate_works(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's in-place convolution + add (`acc += conv(x)`, the ReLU after it fused) runs
+    here in `dtype`: another private op of torch, probed once per dtype."""
+    if _conv_accumulate_op is None or not fused_conv_works(dtype):
         return False
     try:
-        acc = torch.full((1, 2, 3, 3), -3.0).contiguous(memory_format=torch.channels_last)
-        x = torch.ones(1, 2, 3, 3).contiguous(memory_format=torch.channels_last)
-        _conv_accumulate_op.binary(acc, x, torch.ones(2, 2, 1, 1), None, [0, 0], [1, 1], [1, 1], 1, "add", 1.0,
-                                   "relu", [], "")
+        acc = torch.full((1, 2, 3, 3), -3.0, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        x = torch.ones(1, 2, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        _conv_accumulate_op.binary(acc, x, torch.ones(2, 2, 1, 1, dtype=dtype), None, [0, 0], [1, 1], [1, 1], 1,
+                                   "add", 1.0, "relu", [], "")
         return bool((acc == 0).all())
     except (RuntimeError, NotImplementedError):
         return False
@@ -151,7 +153,7 @@ class _ChainedCascade:
         self.weights = [[w[:, i * nf:(i + 1) * nf].reshape(nf, nf, 1, 1).to(dtype).contiguous()
                          for i in range(w.shape[1] // nf)] for w, _ in folded]
         self.biases = [b.to(dtype) for _, b in folded]
-        self.in_place = accumulate_works()
+        self.in_place = accumulate_works(dtype)
 
     def open(self, x0: torch.Tensor) -> "_ChainedCascade._Pass":
         return self._Pass(self, x0)
@@ -183,7 +185,11 @@ def chained_fp32_works(device: torch.device) -> bool:
 
 
 def make_cascade(fuses, nf: int, dtype: torch.dtype):
-    chained = dtype == torch.float32 and chained_fp32_works(fuses[0][0].weight.device)
+    """The chained form wherever oneDNN's fused convolutions run in `dtype`, else the accumulating
+    one. Both round the same sums in the same order (bit-identical in bf16); the chain fuses the ReLU
+    that the accumulating form runs as a pass over a strided slice (bf16 on a 2-core AVX512-BF16
+    EPYC, CARN-M backbone of the demo LR: 283-290 -> 229-246 ms)."""
+    chained = fuses[0][0].weight.device.type == "cpu" and fused_conv_works(dtype)
     return (_ChainedCascade if chained else _AccumulatingCascade)(fuses, nf, dtype)
 
 
@@ -194,7 +200,7 @@ class _Residual:
         self.w = conv.weight.detach().to(dtype).contiguous()
         self.b = conv.bias.detach().to(dtype)
         self.fused = self.w.device.type == "cpu" and fused_conv_works(dtype)
-        self.in_place = self.fused and dtype == torch.float32 and accumulate_works()
+        self.in_place = self.fused and accumulate_works(dtype)
 
     def __call__(self, h: torch.Tensor, x: torch.Tensor, overwrite_x: bool = False) -> torch.Tensor:
         """`overwrite_x`: x is not needed afterwards, so the sum may go into it (fp32, where measured)."""
