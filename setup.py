@@ -4,7 +4,7 @@
 models with torch operations instead (pcsr.kernels.available() says which)."""
 from setuptools import Extension, setup
 
-KERNELS = ["src/pcsr/csrc/mlp.c", "src/pcsr/csrc/gconv.c", "src/pcsr/csrc/parallel.c"]
+KERNELS = ["src/pcsr/csrc/mlp.c", "src/pcsr/csrc/mlp_bf16.c", "src/pcsr/csrc/gconv.c", "src/pcsr/csrc/parallel.c"]
 
 setup(ext_modules=[Extension("pcsr._kernels", sources=KERNELS, depends=["src/pcsr/csrc/parallel.h"],
                              extra_compile_args=["-O3"], optional=True)])

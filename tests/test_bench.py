@@ -35,7 +35,7 @@ def test_bench_json_rows(tmp_path, capsys):
     ratios = sorted(a / b for a, b in zip(rows[0]["times"], rows[1]["times"]))
     assert rows[1]["speed_vs_first"] == ratios[1]
     assert 0 <= rows[1]["heavy_fraction"] <= 1 and rows[1]["gflops"] <= rows[1]["max_gflops"]
-    assert all(r["mlp_kernel"] is kernels.available() for r in rows)
+    assert all(r["mlp_kernel"] is kernels.available() for r in rows)  # fp32 on the CPU
     import torch
     assert all(r["machine"]["isa"] == torch.backends.cpu.get_cpu_capability()
                and r["machine"]["threads"] == torch.get_num_threads() and r["machine"]["cpu"] for r in rows)
@@ -66,8 +66,9 @@ def test_bench_table_and_errors(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["model", "prec", "path"] and "speed" in out[0]
     assert "1.00x" in out[1]
-    assert out[-2].startswith("MLP heads (fp32, CPU): ")
-    assert ("compiled kernel" in out[-2]) is kernels.available()
+    assert out[-2].startswith("MLP heads on the CPU: ")
+    assert ("fp32 compiled kernel" in out[-2]) is kernels.available()
+    assert ("bf16 compiled kernel" in out[-2]) is kernels.bf16_available()
     m = bench.machine()
     assert out[-1] == f"machine: {m['cpu']}, {m['isa']}, {m['threads']} threads, torch {m['torch']}"
     assert main(["bench", "--model", str(p), "-i", str(img), "--repeat", "0"]) == 1

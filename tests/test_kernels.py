@@ -1,4 +1,5 @@
-"""The compiled MLP kernel (pcsr/csrc/mlp.c) against the plain modules, and the torch fallback."""
+"""The compiled kernels (pcsr/csrc/: the MLP in fp32 and bf16, the grouped convolution) against the
+plain modules, and the torch fallback."""
 import pytest
 import torch
 
@@ -9,6 +10,8 @@ from pcsr.models.pcsr import Routing
 from test_models import tiny_pcsr
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason="the C kernel is not built or not for this CPU")
+needs_bf16 = pytest.mark.skipif(not kernels.bf16_available(),
+                                reason="the bf16 kernel is not built or this CPU has no AVX512-BF16")
 
 
 def plain_rows(q: SubpixelQueries, mlp: MLP) -> torch.Tensor:
@@ -89,7 +92,8 @@ def test_heads_use_the_kernel_only_where_it_applies():
     mlp = MLP(8, (8,), 3)
     with torch.inference_mode():
         assert q.fused(mlp) is not None
-        assert q.fused(mlp, torch.bfloat16) is None
+        assert (q.fused(mlp, torch.bfloat16) is None) is not kernels.bf16_available()
+        assert q.fused(mlp, torch.float16) is None
         assert q.fused(MLP(8, (200,), 3)) is None
     with torch.enable_grad():
         assert q.fused(mlp) is None
@@ -115,6 +119,82 @@ def test_pcsr_inference_with_and_without_the_kernel(monkeypatch, light_share):
     same = (fast_own.classes == slow_own.classes).unsqueeze(1).expand_as(fast_own.sr)
     assert same.float().mean() > 0.999
     assert (fast_own.sr - slow_own.sr)[same].abs().max() < 1e-5
+
+
+def emulate_bf16(q: SubpixelQueries, mlp: MLP) -> torch.Tensor:
+    """What the bf16 kernel computes, in float64: the first layer's input formed in fp32 and
+    rounded to bf16, bf16 weights, exact sums, hidden outputs rounded to bf16 after the ReLU."""
+    lins = [m for m in mlp.layers if isinstance(m, torch.nn.Linear)]
+    w1 = lins[0].weight.detach()
+    proj = (q.feat_rows.float() @ w1[:, :q.c].t()).double()
+    bias = torch.addmm(lins[0].bias.detach(), q.offsets, w1[:, q.c:].t()).double()
+    h = (proj.unsqueeze(1) + bias.unsqueeze(0)).reshape(-1, proj.shape[1]).float()
+    h = torch.relu(h).bfloat16().double()
+    for i, m in enumerate(lins[1:]):
+        h = h @ m.weight.detach().bfloat16().double().t() + m.bias.detach().double()
+        if i < len(lins) - 2:
+            h = torch.relu(h).bfloat16().double()
+    return h
+
+
+@needs_bf16
+@pytest.mark.parametrize("hidden", [(20, 20, 20), (74, 74, 74, 74), (10, 10), (5,), (9, 17), (128,), (96, 33)])
+@pytest.mark.parametrize("out_dim", [3, 2, 17])
+def test_bf16_kernel_equals_its_emulation(hidden, out_dim):
+    """Widths on and off multiples of 16 (odd ones: a padded input of each pair), wider than one
+    pass of five vectors, dense, gathered and scattered. Sums differ only in order (fp32, ~1e-7)
+    and in the rare hidden value that this order moves across a bf16 rounding boundary."""
+    g = torch.Generator().manual_seed(sum(hidden) + out_dim)
+    q = SubpixelQueries(torch.randn(2, 13, 5, 7, generator=g), 3)
+    torch.manual_seed(sum(hidden) * 5 + out_dim)
+    mlp = MLP(17, hidden, out_dim)
+    want = emulate_bf16(q, mlp).float()
+    f = kernels.FusedMLP(mlp, 13, torch.bfloat16)
+    assert f.supported and f.bf16
+    with torch.inference_mode():
+        proj, bias = f.project(q.feat_rows), f.subpixel_bias(q.offsets)
+        dense = f(proj, bias, q.rows)
+        pix = torch.randperm(q.rows, generator=g)[: q.rows // 3]
+        some = f(proj, bias, pix)
+        out = torch.full((q.rows, out_dim), 7.0)
+        f(proj, bias, pix, out=out)
+    assert dense.dtype == torch.float32 and dense.shape == want.shape
+    off = (dense - want).abs() > 1e-5 * (1 + want.abs())
+    assert off.float().mean() <= 0.01  # a flipped rounding: a few of each thousand outputs
+    assert (dense - want).abs().max() <= 0.02 * want.abs().max()
+    assert torch.equal(some, dense[pix]) and torch.equal(out[pix], dense[pix])
+    untouched = torch.ones(q.rows, dtype=torch.bool)
+    untouched[pix] = False
+    assert torch.equal(out[untouched], torch.full_like(out[untouched], 7.0))
+
+
+@needs_bf16
+def test_bf16_kernel_rows_do_not_depend_on_the_thread_split():
+    torch.manual_seed(0)
+    q = SubpixelQueries(torch.randn(1, 6, 9, 11), 4)
+    f = kernels.FusedMLP(MLP(10, (20, 74), 3), 6, torch.bfloat16)
+    with torch.inference_mode():
+        proj, bias = f.project(q.feat_rows), f.subpixel_bias(q.offsets)
+        runs = [f(proj, bias, q.rows, threads=t) for t in (1, 2, 5)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+@needs_bf16
+def test_pcsr_bf16_inference_with_and_without_the_kernel(monkeypatch):
+    """A model in bf16 with its heads in the kernel and in torch's bf16 operations: the class map
+    (imposed) and FLOPs equal, the image within bf16 rounding of the heads."""
+    net = tiny_pcsr(upsamplers=((4,), (8, 8)))
+    lr = torch.rand(2, 3, 6, 7)
+    classes = (torch.rand(2, 24, 28, generator=torch.Generator().manual_seed(3)) >= 0.5).to(torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = net.infer(lr, routing_=Routing(), classes=classes)
+        monkeypatch.setattr(kernels, "bf16_available", lambda: False)
+        slow = net.infer(lr, routing_=Routing(), classes=classes)
+    ref = net.infer(lr, routing_=Routing(), classes=classes)  # fp32
+    assert torch.equal(fast.classes, classes) and fast.counts == slow.counts and fast.flops == slow.flops
+    assert fast.sr.dtype == torch.float32
+    err_kernel, err_torch = (fast.sr - ref.sr).abs().max(), (slow.sr - ref.sr).abs().max()
+    assert err_kernel < 0.02 and err_torch < 0.02
 
 
 def test_torch_fallback_where_the_kernel_is_missing(monkeypatch):

@@ -130,7 +130,7 @@ def run(args) -> int:
                "speed_vs_first": statistics.median(a / b for a, b in zip(times[0], t)),
                "times": t, "gflops": res.flops[0] / 1e9, "max_gflops": res.max_flops[0] / 1e9,
                "heavy_fraction": heavy, "threads": torch.get_num_threads(), "device": str(model.device),
-               "mlp_kernel": kernels.available(), "machine": where}
+               "mlp_kernel": kernels.mlp_kernel_runs(model.precision, model.device), "machine": where}
         if args.profile:
             row["stages"] = stage_profile(model, lr, routing, path)
         rows.append(row)
@@ -145,7 +145,9 @@ def run(args) -> int:
                   f"{r['seconds']:9.3f} {r['mpix_per_s']:6.2f} {r['speed_vs_first']:5.2f}x {r['gflops']:8.2f} {hf:>6s}")
             if "stages" in r:
                 print("    " + "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in r["stages"].items()))
-        print("MLP heads (fp32, CPU): " + ("the compiled kernel" if kernels.available() else
-                                           "torch operations (kernel not built, not for this CPU, or PCSR_KERNEL=0)"))
+        yes = {True: "compiled kernel", False: "torch operations"}
+        print(f"MLP heads on the CPU: fp32 {yes[kernels.available()]}, bf16 {yes[kernels.bf16_available()]}"
+              + ("" if kernels.available() and kernels.bf16_available() else
+                 " (a kernel is not built, not for this CPU (fp32: AVX2+FMA, bf16: AVX512-BF16), or PCSR_KERNEL=0)"))
         print(f"machine: {where['cpu']}, {where['isa']}, {where['threads']} threads, torch {where['torch']}")
     return 0

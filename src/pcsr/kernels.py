@@ -1,8 +1,9 @@
 """The compiled kernels (csrc/: whole per-pixel MLPs, grouped 3x3 convolutions), loaded with ctypes.
 
 Optional by design: the package builds them at install where a C compiler is found, and every caller
-falls back to torch operations where they are missing, refused (no AVX2/FMA, another architecture)
-or the tensors are not what they take (not fp32 on the CPU, layers wider than supported).
+falls back to torch operations where they are missing, refused (no AVX2/FMA, another architecture;
+for the bf16 MLP no AVX512-BF16) or the tensors are not what they take (not fp32 / bf16 on the CPU,
+layers wider than supported).
 PCSR_KERNEL=0 in the environment turns them off.
 """
 from __future__ import annotations
@@ -36,6 +37,9 @@ def _library() -> ctypes.CDLL | None:
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                 ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+            lib.pcsr_bf16_supported.restype = ctypes.c_int
+            lib.pcsr_mlp_bf16.restype = ctypes.c_int
+            lib.pcsr_mlp_bf16.argtypes = lib.pcsr_mlp_f32.argtypes
             lib.pcsr_gconv3x3_f32.restype = ctypes.c_int
             lib.pcsr_gconv3x3_f32.argtypes = [
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
@@ -58,22 +62,41 @@ def _openmp_entry_points() -> tuple[int | None, int | None, int | None]:
 
 
 def available() -> bool:
+    """The fp32 kernels (x86 with AVX2 and FMA)."""
     return _library() is not None
 
 
-def _pad8(n: int) -> int:
-    return (n + 7) // 8 * 8
+def bf16_available() -> bool:
+    """The bf16 MLP kernel (x86 with AVX512-BF16)."""
+    lib = _library()
+    return lib is not None and bool(lib.pcsr_bf16_supported())
+
+
+def mlp_kernel_runs(precision: str, device) -> bool:
+    """Whether the per-pixel MLPs of a model at `precision` ("fp32", "bf16", ...) on `device` run
+    in a compiled kernel."""
+    if torch.device(device).type != "cpu":
+        return False
+    return {"fp32": available, "bf16": bf16_available}.get(precision, lambda: False)()
+
+
+def _pad(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
 
 
 class FusedMLP:
-    """An MLP (heads.MLP) laid out for the kernel: the first layer's feature part padded, to make
-    the per-LR-pixel projection; every later layer transposed, its outputs zero-padded to 8."""
+    """An MLP (heads.MLP) laid out for a kernel: the first layer's feature part padded, to make
+    the per-LR-pixel projection (fp32 in both kernels); every later layer transposed, its outputs
+    zero-padded to the vector length: fp32 (mlp.c) 8 columns; bf16 (mlp_bf16.c) 16 columns, the
+    weights rounded to bf16 and their inputs interleaved in pairs, the operand layout of vdpbf16ps."""
 
-    def __init__(self, mlp: nn.Module, feat_channels: int):
+    def __init__(self, mlp: nn.Module, feat_channels: int, dtype: torch.dtype = torch.float32):
         lins = [m for m in mlp.layers if isinstance(m, nn.Linear)]
         first = lins[0]
+        self.bf16 = dtype == torch.bfloat16
+        lanes = 16 if self.bf16 else 8
         self.width = first.out_features
-        self.w0 = _pad8(self.width)
+        self.w0 = _pad(self.width, lanes)
         w1 = torch.zeros(self.w0, first.in_features)
         w1[: self.width] = first.weight.detach().float()
         self.proj_weight = w1[:, :feat_channels].t().contiguous()   # (C, w0)
@@ -83,28 +106,33 @@ class FusedMLP:
         self.dims = [self.width] + [m.out_features for m in lins[1:]]
         self.wt, self.b = [], []
         for m in lins[1:]:
-            n = _pad8(m.out_features)
-            wt = torch.zeros(m.in_features, n)
-            wt[:, : m.out_features] = m.weight.detach().float().t()
+            n, k = _pad(m.out_features, lanes), m.in_features
+            wt = torch.zeros(_pad(k, 2) if self.bf16 else k, n)
+            wt[:k, : m.out_features] = m.weight.detach().float().t()
+            if self.bf16:  # (k/2, n, 2): inputs 2i and 2i+1 of each output column side by side
+                wt = wt.view(-1, 2, n).transpose(1, 2).contiguous().to(torch.bfloat16)
             b = torch.zeros(n)
             b[: m.out_features] = m.bias.detach().float()
             self.wt.append(wt)
             self.b.append(b)
         self.out_dim = self.dims[-1]
         lib = _library()
-        self.supported = (lib is not None and len(lins) >= 2
-                          and max(_pad8(d) for d in self.dims) <= lib.pcsr_max_width())
+        self.supported = (lib is not None and len(lins) >= 2 and (not self.bf16 or bool(lib.pcsr_bf16_supported()))
+                          and max(_pad(d, lanes) for d in self.dims) <= lib.pcsr_max_width())
+        self._run = None if lib is None else (lib.pcsr_mlp_bf16 if self.bf16 else lib.pcsr_mlp_f32)
         self._dims = (ctypes.c_int32 * len(self.dims))(*self.dims)
         self._wt = (ctypes.c_void_p * len(self.wt))(*[t.data_ptr() for t in self.wt])
         self._b = (ctypes.c_void_p * len(self.b))(*[t.data_ptr() for t in self.b])
 
     def project(self, feat_rows: torch.Tensor) -> torch.Tensor:
-        """(n_lr, C) features -> (n_lr, w0) first-layer projections (padding columns 0)."""
-        return feat_rows.float() @ self.proj_weight
+        """(n_lr, C) features -> (n_lr, w0) fp32 first-layer projections (padding columns 0)."""
+        with torch.autocast(feat_rows.device.type, enabled=False):
+            return feat_rows.float() @ self.proj_weight
 
     def subpixel_bias(self, offsets: torch.Tensor) -> torch.Tensor:
-        """(ss, 4) coordinate inputs -> (ss, w0) first-layer bias per sub-pixel."""
-        return torch.addmm(self.bias0, offsets.float(), self.coord_weight).contiguous()
+        """(ss, 4) coordinate inputs -> (ss, w0) fp32 first-layer bias per sub-pixel."""
+        with torch.autocast(offsets.device.type, enabled=False):
+            return torch.addmm(self.bias0, offsets.float(), self.coord_weight).contiguous()
 
     def __call__(self, proj: torch.Tensor, sub_bias: torch.Tensor, rows: torch.Tensor | int,
                  out: torch.Tensor | None = None, threads: int | None = None) -> torch.Tensor:
@@ -113,7 +141,6 @@ class FusedMLP:
         rows: a count n (pixels 0 .. n-1) or a 1-D tensor of pixel indices. Returns (n, out_dim),
         or with `out` (every pixel's row, contiguous float32) writes each pixel's result into its
         own row of out and returns out."""
-        lib = _library()
         proj, sub_bias = proj.contiguous(), sub_bias.contiguous()
         pix = None
         if isinstance(rows, torch.Tensor):
@@ -136,7 +163,7 @@ class FusedMLP:
                 or sub_bias.dtype != torch.float32 or proj.device.type != "cpu"):
             raise ValueError("projections must come from this MLP's project() and subpixel_bias()")
         threads = threads or torch.get_num_threads()
-        code = lib.pcsr_mlp_f32(proj.data_ptr(), self.w0, sub_bias.data_ptr(), sub_bias.shape[0],
+        code = self._run(proj.data_ptr(), self.w0, sub_bias.data_ptr(), sub_bias.shape[0],
                                 None if pix is None else pix.data_ptr(), scatter, n, len(self.wt), self._dims,
                                 self._wt, self._b, out.data_ptr(), threads)
         if code:

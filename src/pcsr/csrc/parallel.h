@@ -18,8 +18,18 @@
 #define HAVE_X86 0
 #endif
 
+/* The bf16 kernel (mlp_bf16.c) needs a compiler that knows AVX512-BF16: gcc 10, clang 9. */
+#if HAVE_X86 && (defined(__clang__) ? __clang_major__ >= 9 : (defined(__GNUC__) && __GNUC__ >= 10))
+#define HAVE_BF16 1
+#else
+#define HAVE_BF16 0
+#endif
+
 /* 1 where this build and CPU run the kernels (x86 with AVX2 and FMA), else 0. */
 int pcsr_cpu_supported(void);
+
+/* 1 where this build and CPU run the bf16 kernel (AVX512F/BW/VL and AVX512-BF16), else 0. */
+int pcsr_bf16_supported(void);
 
 typedef void (*pcsr_range_fn)(void *ctx, int64_t begin, int64_t end);
 

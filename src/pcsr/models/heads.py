@@ -8,8 +8,8 @@ Two ways to feed the MLPs, giving the same numbers up to float rounding:
 - `SubpixelQueries`: integer scale s. The coordinate part takes only s*s values, so the first layer
   splits into a 1x1 projection of the features, once per LR pixel, plus a per-sub-pixel bias.
   Rows are ordered (n, y, x, dy, dx): output pixel (y*s + dy, x*s + dx) of image n.
-  In fp32 on an x86 CPU its MLPs run in the compiled kernel (pcsr/kernels.py) where it is built;
-  otherwise, and for bf16 / fp16 / CUDA, in chunks of torch operations.
+  On an x86 CPU its MLPs run in a compiled kernel (pcsr/kernels.py) where it is built: fp32 with
+  AVX2, bf16 with AVX512-BF16; otherwise (fp16, CUDA, other CPUs) in chunks of torch operations.
 """
 from __future__ import annotations
 
@@ -186,8 +186,8 @@ class SubpixelQueries:
         self.n, self.c, self.h, self.w = feat.shape
         self.s = scale
         self.feat_rows = feat.permute(0, 2, 3, 1).reshape(-1, self.c)  # (N*h*w, C)
-        self.offsets = subpixel_offsets(scale, feat.device, feat.dtype)
-        self._fused: dict[int, kernels.FusedMLP | None] = {}  # per MLP, laid out once per query object
+        self.offsets = subpixel_offsets(scale, feat.device)  # fp32 even for bf16 features: 1/3 is not a bf16
+        self._fused: dict[tuple, kernels.FusedMLP | None] = {}  # per MLP and dtype, laid out once per query object
 
     @property
     def rows(self) -> int:
@@ -219,8 +219,8 @@ class SubpixelQueries:
         """Rows of class j: (row indices, what `run` takes for them). For torch's operations the
         rows come as (LR pixel index, sub-pixel index), without divisions, grouped by sub-pixel:
         each group's first layer is then one product with that sub-pixel's bias."""
-        if self._kernel_ready():  # the kernel takes pixels in any order; in raster order its reads
-            rows = torch.nonzero(cls_rows == j).squeeze(1)  # and writes are nearly sequential
+        if self._kernel_ready(self._compute_dtype(None)):  # a kernel takes pixels in any order; in
+            rows = torch.nonzero(cls_rows == j).squeeze(1)  # raster order its reads and writes are nearly sequential
             return rows, rows
         ss = self.s * self.s
         sub, lr = torch.nonzero(cls_rows.view(-1, ss).t() == j).t()
@@ -243,23 +243,28 @@ class SubpixelQueries:
         return mlp.after_first(h1)
 
     def fused(self, mlp: MLP, dtype: torch.dtype | None = None) -> kernels.FusedMLP | None:
-        """The MLP laid out for the compiled kernel, or None where the kernel does not apply (not
-        fp32 on the CPU, autograd on, the kernel not built or not for this CPU, layers too wide)."""
+        """The MLP laid out for a compiled kernel in `dtype` (default: the compute dtype), or None
+        where none applies (not fp32 / bf16 on the CPU, autograd on, the kernel not built or not for
+        this CPU, layers too wide)."""
+        dtype = self._compute_dtype(dtype)
         if not self._kernel_ready(dtype):
             return None
-        if id(mlp) not in self._fused:
-            f = kernels.FusedMLP(mlp, self.c)
-            self._fused[id(mlp)] = f if f.supported else None
-        return self._fused[id(mlp)]
+        if (id(mlp), dtype) not in self._fused:
+            f = kernels.FusedMLP(mlp, self.c, dtype)
+            self._fused[id(mlp), dtype] = f if f.supported else None
+        return self._fused[id(mlp), dtype]
 
-    def _kernel_ready(self, dtype: torch.dtype | None = None) -> bool:
-        return ((dtype or self.feat_rows.dtype) == torch.float32 and self.feat_rows.device.type == "cpu"
-                and not torch.is_grad_enabled() and kernels.available())
+    def _kernel_ready(self, dtype: torch.dtype) -> bool:
+        if self.feat_rows.device.type != "cpu" or torch.is_grad_enabled():
+            return False
+        if dtype == torch.float32:
+            return kernels.available()
+        return dtype == torch.bfloat16 and kernels.bf16_available()
 
     def scatter(self, mlp: MLP, rows: torch.Tensor, split, out: torch.Tensor) -> None:
         """The MLP's results at output rows `rows` written into those rows of out (self.rows, D)
         float32; `split` is what `select` gave with them."""
-        f = self.fused(mlp, self._compute_dtype(None)) if out.is_contiguous() else None
+        f = self.fused(mlp) if out.is_contiguous() else None
         if f is not None:
             f(f.project(self.feat_rows), f.subpixel_bias(self.offsets), rows, out=out)
         else:
