@@ -54,6 +54,8 @@ def test_model_uses_the_fast_form_and_leaves_the_net_alone():
     # fp32: the chained form where oneDNN's fused convolutions run, else the plain module
     assert isinstance(fp32.net.backbone, FastCARN if chained_fp32_works(torch.device("cpu")) else CARN)
     assert isinstance(bf16.net.backbone, FastCARN)
+    chained = fused_conv_works(torch.bfloat16)  # bf16: the chain where oneDNN's fused ops run (AVX512/AMX)
+    assert isinstance(bf16.net.backbone.cascade, _ChainedCascade if chained else _AccumulatingCascade)
     assert isinstance(net.backbone, CARN)
     lr = torch.rand(1, 3, 12, 15)
     with torch.inference_mode():
@@ -67,12 +69,13 @@ def test_model_uses_the_fast_form_and_leaves_the_net_alone():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_both_cascade_forms_compute_the_fusions(dtype):
-    """The chained (fp32) and accumulating (reduced precision) cascades both compute the plain
-    fusions: the 1x1 convolution of the concatenation, batch norm, ReLU."""
+    """The chained (where oneDNN's fused convolutions run) and accumulating cascades both compute
+    the plain fusions: the 1x1 convolution of the concatenation, batch norm, ReLU. In bf16 they
+    round the same sums in the same order: bit-identical."""
     net = _carn(None, nf=8, groups=2, seed=3)
     block = net.blocks[0]
     x = [torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last) for _ in range(4)]
-    kinds = [_AccumulatingCascade] + ([_ChainedCascade] if dtype == torch.float32 and fused_conv_works(dtype) else [])
+    kinds = [_AccumulatingCascade] + ([_ChainedCascade] if fused_conv_works(dtype) else [])
     tol = 1e-5 if dtype == torch.float32 else 0.05
     with torch.inference_mode():
         want = [f(torch.cat(x[:k + 2], 1)) for k, f in enumerate(block.fuse)]
@@ -80,10 +83,14 @@ def test_both_cascade_forms_compute_the_fusions(dtype):
         if len(forms) == 2 and forms[1].in_place:  # the chain without in-place accumulation too
             forms.append(_ChainedCascade(block.fuse, 8, dtype))
             forms[-1].in_place = False
+        outs = []
         for form in forms:
             fusions = form.open(x[0].to(dtype))
             for k in range(3):
                 fusions.push(x[k + 1].to(dtype))
                 got = fusions.take(k).float()
+                outs.append(got)
                 assert got.shape == want[k].shape
                 assert (got - want[k]).abs().max() <= tol * want[k].abs().max(), (form, k)
+    if dtype == torch.bfloat16:
+        assert all(torch.equal(o, outs[i % 3]) for i, o in enumerate(outs))
