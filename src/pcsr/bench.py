@@ -130,7 +130,9 @@ def run(args) -> int:
                "speed_vs_first": statistics.median(a / b for a, b in zip(times[0], t)),
                "times": t, "gflops": res.flops[0] / 1e9, "max_gflops": res.max_flops[0] / 1e9,
                "heavy_fraction": heavy, "threads": torch.get_num_threads(), "device": str(model.device),
-               "mlp_kernel": kernels.mlp_kernel_runs(model.precision, model.device), "machine": where}
+               "mlp_kernel": (model.is_pcsr and path != "query"  # the query path runs torch's operations
+                              and kernels.mlp_kernel_runs(model.precision, model.device)),
+               "machine": where}
         if args.profile:
             row["stages"] = stage_profile(model, lr, routing, path)
         rows.append(row)
