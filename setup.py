@@ -6,5 +6,7 @@ from setuptools import Extension, setup
 
 KERNELS = ["src/pcsr/csrc/mlp.c", "src/pcsr/csrc/mlp_bf16.c", "src/pcsr/csrc/gconv.c", "src/pcsr/csrc/parallel.c"]
 
-setup(ext_modules=[Extension("pcsr._kernels", sources=KERNELS, depends=["src/pcsr/csrc/parallel.h"],
-                             extra_compile_args=["-O3"], optional=True)])
+HEADERS = ["src/pcsr/csrc/parallel.h", "src/pcsr/csrc/mlp.h"]
+
+setup(ext_modules=[Extension("pcsr._kernels", sources=KERNELS, depends=HEADERS, extra_compile_args=["-O3"],
+                             optional=True)])

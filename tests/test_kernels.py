@@ -51,17 +51,15 @@ def test_kernel_equals_modules_dense_gathered_and_scattered(hidden, out_dim):
     assert torch.equal(out[untouched], torch.full_like(out[untouched], 7.0))
 
 
-@needs_kernel
-def test_kernel_rows_do_not_depend_on_the_thread_split():
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, marks=needs_kernel),
+                                   pytest.param(torch.bfloat16, marks=needs_bf16)])
+def test_kernel_rows_do_not_depend_on_the_thread_split(dtype):
     torch.manual_seed(0)
     q = SubpixelQueries(torch.randn(1, 6, 9, 11), 4)
-    mlp = MLP(10, (20, 20), 3)
-    f = kernels.FusedMLP(mlp, 6)
+    f = kernels.FusedMLP(MLP(10, (20, 74), 3), 6, dtype)
     with torch.inference_mode():
         proj, bias = f.project(q.feat_rows), f.subpixel_bias(q.offsets)
-        one = f(proj, bias, q.rows, threads=1)
-        two = f(proj, bias, q.rows, threads=2)
-        five = f(proj, bias, q.rows, threads=5)
+        one, two, five = (f(proj, bias, q.rows, threads=t) for t in (1, 2, 5))
     assert torch.equal(one, two) and torch.equal(one, five)
 
 
@@ -166,17 +164,6 @@ def test_bf16_kernel_equals_its_emulation(hidden, out_dim):
     untouched = torch.ones(q.rows, dtype=torch.bool)
     untouched[pix] = False
     assert torch.equal(out[untouched], torch.full_like(out[untouched], 7.0))
-
-
-@needs_bf16
-def test_bf16_kernel_rows_do_not_depend_on_the_thread_split():
-    torch.manual_seed(0)
-    q = SubpixelQueries(torch.randn(1, 6, 9, 11), 4)
-    f = kernels.FusedMLP(MLP(10, (20, 74), 3), 6, torch.bfloat16)
-    with torch.inference_mode():
-        proj, bias = f.project(q.feat_rows), f.subpixel_bias(q.offsets)
-        runs = [f(proj, bias, q.rows, threads=t) for t in (1, 2, 5)]
-    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
 
 
 @needs_bf16

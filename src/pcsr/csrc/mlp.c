@@ -21,11 +21,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "mlp.h"
 #include "parallel.h"
 
 #define ROWS 4       /* rows per micro-tile: 4 x 3 vectors = 12 accumulators */
-#define BLOCK 32     /* rows per pass through all layers */
-#define MAXW 128     /* widest layer (padded) this kernel takes */
+#define BLOCK MLP_BLOCK
+#define MAXW MLP_MAXW
 
 #if HAVE_X86
 
@@ -81,79 +82,56 @@ TARGET static void layer(const float *h, int k, const float *wt, int np, const f
         for (int r = 0; r < rows; r += ROWS) micro1(h + r * MAXW, MAXW, k, wt, np, b, n0, o + r * MAXW, MAXW, relu);
 }
 
-TARGET static void run_block(const float *proj, int64_t w0, const float *sub_bias, int64_t ss,
-                             const int64_t *pix, int scatter, int64_t r0, int rows,
-                             int n_layers, const int32_t *dims, const float *const *wt, const float *const *b,
-                             float *out, int out_dim, float *buf_a, float *buf_b) {
+TARGET static void run_block(const struct mlp_args *a, int64_t r0, int rows, float *buf_a, float *buf_b) {
     __m256 zero = _mm256_setzero_ps();
     int tile = (rows + ROWS - 1) / ROWS * ROWS;
     for (int r = 0; r < tile; r++) {
         float *dst = buf_a + r * MAXW;
         if (r >= rows) { /* padding rows of the last micro-tile: computed, never stored */
-            memset(dst, 0, sizeof(float) * (size_t)w0);
+            memset(dst, 0, sizeof(float) * (size_t)a->w0);
             continue;
         }
-        int64_t g = pix ? pix[r0 + r] : r0 + r;
-        const float *p = proj + (g / ss) * w0, *q = sub_bias + (g % ss) * w0;
-        for (int64_t c = 0; c < w0; c += 8)
+        int64_t g = a->rows ? a->rows[r0 + r] : r0 + r;
+        const float *p = a->proj + (g / a->ss) * a->w0, *q = a->sub_bias + (g % a->ss) * a->w0;
+        for (int64_t c = 0; c < a->w0; c += 8)
             _mm256_storeu_ps(dst + c, _mm256_max_ps(_mm256_add_ps(_mm256_loadu_ps(p + c), _mm256_loadu_ps(q + c)), zero));
     }
     float *h = buf_a, *o = buf_b;
-    for (int l = 0; l < n_layers; l++) {
-        int k = dims[l], np = (dims[l + 1] + 7) / 8 * 8;
-        layer(h, k, wt[l], np, b[l], o, tile, l < n_layers - 1);
+    for (int l = 0; l < a->n_layers; l++) {
+        int k = a->dims[l], np = (a->dims[l + 1] + 7) / 8 * 8;
+        layer(h, k, (const float *)a->wt[l], np, a->b[l], o, tile, l < a->n_layers - 1);
         float *t = h; h = o; o = t;
     }
+    int out_dim = a->dims[a->n_layers];
     for (int r = 0; r < rows; r++) {
-        int64_t dst = scatter ? pix[r0 + r] : r0 + r;
-        memcpy(out + dst * out_dim, h + r * MAXW, sizeof(float) * (size_t)out_dim);
+        int64_t dst = a->scatter ? a->rows[r0 + r] : r0 + r;
+        memcpy(a->out + dst * out_dim, h + r * MAXW, sizeof(float) * (size_t)out_dim);
     }
+}
+
+static void mlp_range(void *ctx, int64_t r0, int64_t r1) {
+    float buf_a[BLOCK * MAXW] __attribute__((aligned(32)));
+    float buf_b[BLOCK * MAXW] __attribute__((aligned(32)));
+    for (int64_t r = r0; r < r1; r += BLOCK)
+        run_block((const struct mlp_args *)ctx, r, (int)(r1 - r < BLOCK ? r1 - r : BLOCK), buf_a, buf_b);
 }
 #endif
 
 
 int pcsr_max_width(void) { return MAXW; }
 
-#if HAVE_X86
-struct mlp_args {
-    const float *proj, *sub_bias;
-    int64_t w0, ss;
-    const int64_t *rows;
-    int scatter, n_layers;
-    const int32_t *dims;
-    const float *const *wt, *const *b;
-    float *out;
-};
-
-static void mlp_range(void *ctx, int64_t r0, int64_t r1) {
-    const struct mlp_args *a = (const struct mlp_args *)ctx;
-    float buf_a[BLOCK * MAXW] __attribute__((aligned(32)));
-    float buf_b[BLOCK * MAXW] __attribute__((aligned(32)));
-    int out_dim = a->dims[a->n_layers];
-    for (int64_t r = r0; r < r1; r += BLOCK) {
-        int n = (int)(r1 - r < BLOCK ? r1 - r : BLOCK);
-        run_block(a->proj, a->w0, a->sub_bias, a->ss, a->rows, a->scatter, r, n, a->n_layers, a->dims, a->wt,
-                  a->b, a->out, out_dim, buf_a, buf_b);
-    }
-}
-#endif
-
 /* n rows on up to `threads` threads. dims[0] is the real first-layer width (w0 its padded row
  * length), dims[l + 1] layer l+1's real output width; every padded width must be <= MAXW.
  * Returns 0, or -1 if refused. */
 int pcsr_mlp_f32(const float *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
-                 int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const float *const *wt,
+                 int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const void *const *wt,
                  const float *const *b, float *out, int32_t threads) {
-#if HAVE_X86
-    if (!pcsr_cpu_supported() || n_layers < 1 || w0 % 8 || w0 > MAXW || (scatter && !rows)) return -1;
-    for (int l = 0; l <= n_layers; l++)
-        if (dims[l] < 1 || (dims[l] + 7) / 8 * 8 > MAXW) return -1;
     struct mlp_args a = {proj, sub_bias, w0, ss, rows, scatter, n_layers, dims, wt, b, out};
+    if (!HAVE_X86 || !pcsr_cpu_supported() || !mlp_args_ok(&a, 8)) return -1;
+#if HAVE_X86
     pcsr_parallel_for(n, BLOCK, threads, mlp_range, &a);
-    return 0;
 #else
-    (void)proj; (void)w0; (void)sub_bias; (void)ss; (void)rows; (void)scatter; (void)n; (void)n_layers;
-    (void)dims; (void)wt; (void)b; (void)out; (void)threads;
-    return -1;
+    (void)n; (void)threads;
 #endif
+    return 0;
 }

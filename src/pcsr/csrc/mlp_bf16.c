@@ -20,11 +20,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "mlp.h"
 #include "parallel.h"
 
 #define ROWS 4     /* rows per micro-tile: 4 x 5 vectors = 20 accumulators */
-#define BLOCK 32   /* rows per pass through all layers */
-#define MAXW 128   /* widest layer (padded) this kernel takes */
+#define BLOCK MLP_BLOCK
+#define MAXW MLP_MAXW
 
 #if HAVE_BF16
 #define TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
@@ -108,18 +109,7 @@ TARGET_BF16 static void layer_bf16(const uint16_t *h, int k, const uint16_t *wt,
     }
 }
 
-struct bf16_args {
-    const float *proj, *sub_bias;
-    int64_t w0, ss;
-    const int64_t *rows;
-    int scatter, n_layers;
-    const int32_t *dims;
-    const uint16_t *const *wt;
-    const float *const *b;
-    float *out;
-};
-
-TARGET_BF16 static void run_block_bf16(const struct bf16_args *a, int64_t r0, int rows, uint16_t *buf_a,
+TARGET_BF16 static void run_block_bf16(const struct mlp_args *a, int64_t r0, int rows, uint16_t *buf_a,
                                        uint16_t *buf_b, float *buf_f) {
     __m512 zero = _mm512_setzero_ps();
     int tile = (rows + ROWS - 1) / ROWS * ROWS;
@@ -139,7 +129,7 @@ TARGET_BF16 static void run_block_bf16(const struct bf16_args *a, int64_t r0, in
     uint16_t *h = buf_a, *o = buf_b;
     for (int l = 0; l < a->n_layers; l++) {
         int last = l == a->n_layers - 1, np = (a->dims[l + 1] + 15) / 16 * 16;
-        layer_bf16(h, a->dims[l], a->wt[l], np, a->b[l], o, buf_f, tile, last);
+        layer_bf16(h, a->dims[l], (const uint16_t *)a->wt[l], np, a->b[l], o, buf_f, tile, last);
         uint16_t *t = h; h = o; o = t;
     }
     int out_dim = a->dims[a->n_layers];
@@ -150,7 +140,7 @@ TARGET_BF16 static void run_block_bf16(const struct bf16_args *a, int64_t r0, in
 }
 
 static void bf16_range(void *ctx, int64_t r0, int64_t r1) {
-    const struct bf16_args *a = (const struct bf16_args *)ctx;
+    const struct mlp_args *a = (const struct mlp_args *)ctx;
     uint16_t buf_a[BLOCK * MAXW] __attribute__((aligned(64)));
     uint16_t buf_b[BLOCK * MAXW] __attribute__((aligned(64)));
     float buf_f[BLOCK * MAXW] __attribute__((aligned(64)));
@@ -159,22 +149,17 @@ static void bf16_range(void *ctx, int64_t r0, int64_t r1) {
 }
 #endif
 
-/* As pcsr_mlp_f32, in bf16 (layout above); every padded width (to 16) must be <= MAXW.
+/* As pcsr_mlp_f32, in bf16 (layout above); every padded width (to 16) must be <= MLP_MAXW.
  * Returns 0, or -1 if refused (no AVX512-BF16 in this build or CPU, bad sizes). */
 int pcsr_mlp_bf16(const float *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
-                  int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const uint16_t *const *wt,
+                  int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const void *const *wt,
                   const float *const *b, float *out, int32_t threads) {
+    struct mlp_args a = {proj, sub_bias, w0, ss, rows, scatter, n_layers, dims, wt, b, out};
+    if (!pcsr_bf16_supported() || !mlp_args_ok(&a, 16)) return -1;
 #if HAVE_BF16
-    if (!pcsr_bf16_supported() || n_layers < 1 || w0 % 16 || w0 > MAXW || (scatter && !rows)) return -1;
-    for (int l = 0; l <= n_layers; l++)
-        if (dims[l] < 1 || (dims[l] + 15) / 16 * 16 > MAXW) return -1;
-    if ((dims[0] + 15) / 16 * 16 != w0) return -1;
-    struct bf16_args a = {proj, sub_bias, w0, ss, rows, scatter, n_layers, dims, wt, b, out};
     pcsr_parallel_for(n, BLOCK, threads, bf16_range, &a);
-    return 0;
 #else
-    (void)proj; (void)w0; (void)sub_bias; (void)ss; (void)rows; (void)scatter; (void)n; (void)n_layers;
-    (void)dims; (void)wt; (void)b; (void)out; (void)threads;
-    return -1;
+    (void)n; (void)threads;
 #endif
+    return 0;
 }
