@@ -120,13 +120,14 @@ def test_pcsr_inference_with_and_without_the_kernel(monkeypatch, light_share):
 
 
 def emulate_bf16(q: SubpixelQueries, mlp: MLP) -> torch.Tensor:
-    """What the bf16 kernel computes, in float64: the first layer's input formed in fp32 and
-    rounded to bf16, bf16 weights, exact sums, hidden outputs rounded to bf16 after the ReLU."""
+    """What the bf16 kernel computes, in float64: the projection of bf16 features by bf16 weights
+    rounded to bf16, plus the fp32 sub-pixel bias, ReLU, rounded to bf16; bf16 weights, exact sums,
+    hidden outputs rounded to bf16 after the ReLU."""
     lins = [m for m in mlp.layers if isinstance(m, torch.nn.Linear)]
     w1 = lins[0].weight.detach()
-    proj = (q.feat_rows.float() @ w1[:, :q.c].t()).double()
-    bias = torch.addmm(lins[0].bias.detach(), q.offsets, w1[:, q.c:].t()).double()
-    h = (proj.unsqueeze(1) + bias.unsqueeze(0)).reshape(-1, proj.shape[1]).float()
+    proj = (q.feat_rows.bfloat16().double() @ w1[:, :q.c].bfloat16().double().t()).bfloat16().float()
+    bias = torch.addmm(lins[0].bias.detach(), q.offsets, w1[:, q.c:].t())
+    h = (proj.unsqueeze(1) + bias.unsqueeze(0)).reshape(-1, proj.shape[1])
     h = torch.relu(h).bfloat16().double()
     for i, m in enumerate(lins[1:]):
         h = h @ m.weight.detach().bfloat16().double().t() + m.bias.detach().double()

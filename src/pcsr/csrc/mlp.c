@@ -92,7 +92,7 @@ TARGET static void run_block(const struct mlp_args *a, int64_t r0, int rows, flo
             continue;
         }
         int64_t g = a->rows ? a->rows[r0 + r] : r0 + r;
-        const float *p = a->proj + (g / a->ss) * a->w0, *q = a->sub_bias + (g % a->ss) * a->w0;
+        const float *p = (const float *)a->proj + (g / a->ss) * a->w0, *q = a->sub_bias + (g % a->ss) * a->w0;
         for (int64_t c = 0; c < a->w0; c += 8)
             _mm256_storeu_ps(dst + c, _mm256_max_ps(_mm256_add_ps(_mm256_loadu_ps(p + c), _mm256_loadu_ps(q + c)), zero));
     }
@@ -123,7 +123,7 @@ int pcsr_max_width(void) { return MAXW; }
 /* n rows on up to `threads` threads. dims[0] is the real first-layer width (w0 its padded row
  * length), dims[l + 1] layer l+1's real output width; every padded width must be <= MAXW.
  * Returns 0, or -1 if refused. */
-int pcsr_mlp_f32(const float *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
+int pcsr_mlp_f32(const void *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
                  int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const void *const *wt,
                  const float *const *b, float *out, int32_t threads) {
     struct mlp_args a = {proj, sub_bias, w0, ss, rows, scatter, n_layers, dims, wt, b, out};

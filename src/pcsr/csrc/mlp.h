@@ -8,7 +8,8 @@
 #define MLP_MAXW 128  /* widest layer (padded) the kernels take */
 
 struct mlp_args {
-    const float *proj, *sub_bias; /* (n_lr, w0), (ss, w0): the first layer, see mlp.c */
+    const void *proj;             /* (n_lr, w0): fp32 in mlp.c, bf16 in mlp_bf16.c */
+    const float *sub_bias;        /* (ss, w0): the first layer's bias per sub-pixel, see mlp.c */
     int64_t w0, ss;
     const int64_t *rows;          /* pixel indices, or NULL for pixels 0 .. n-1 */
     int scatter, n_layers;

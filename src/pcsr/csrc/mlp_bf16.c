@@ -5,12 +5,13 @@
  * 10- to 74-wide layers one library call per layer, streaming every row's activations through
  * memory between layers. Here, as in mlp.c, a block of rows goes through all layers in L1.
  *
- * Numerics: the first layer's input is formed in fp32 (projection + sub-pixel bias, ReLU) and
- * rounded to bf16; every product accumulates in fp32 from bf16 inputs; hidden outputs are rounded
- * to bf16 (round to nearest even) after their ReLU; the last layer stays fp32.
+ * Numerics: the first layer's input is formed in fp32 (the bf16 projection + the fp32 sub-pixel
+ * bias, ReLU) and rounded to bf16; every product accumulates in fp32 from bf16 inputs; hidden
+ * outputs are rounded to bf16 (round to nearest even) after their ReLU; the last layer stays fp32.
  *
  * Layout the caller prepares (pcsr/kernels.py):
- *   proj      (n_lr, w0) fp32, the first layer's feature projection per LR pixel, w0 = width padded to 16
+ *   proj      (n_lr, w0) bf16, the first layer's feature projection per LR pixel (one bf16 GEMM,
+ *             fp32 accumulation), w0 = width padded to 16
  *   sub_bias  (ss, w0)   fp32, the first layer's bias plus coordinate part per sub-pixel
  *   wt[l]     (ceil(k_l / 2), np_l, 2) bf16 bits: layer l+1's weight as pairs of inputs per output
  *             column (the operand layout of vdpbf16ps), output columns zero-padded to np_l = 16 * m
@@ -120,9 +121,11 @@ TARGET_BF16 static void run_block_bf16(const struct mlp_args *a, int64_t r0, int
             continue;
         }
         int64_t g = a->rows ? a->rows[r0 + r] : r0 + r;
-        const float *p = a->proj + (g / a->ss) * a->w0, *q = a->sub_bias + (g % a->ss) * a->w0;
-        for (int64_t c = 0; c < a->w0; c += 16) {
-            __m512 v = _mm512_max_ps(_mm512_add_ps(_mm512_loadu_ps(p + c), _mm512_loadu_ps(q + c)), zero);
+        const uint16_t *p = (const uint16_t *)a->proj + (g / a->ss) * a->w0;
+        const float *q = a->sub_bias + (g % a->ss) * a->w0;
+        for (int64_t c = 0; c < a->w0; c += 16) { /* bf16 -> fp32: the bits, 16 places up */
+            __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + c))), 16);
+            __m512 v = _mm512_max_ps(_mm512_add_ps(_mm512_castsi512_ps(bits), _mm512_loadu_ps(q + c)), zero);
             _mm256_storeu_si256((__m256i *)(dst + c), (__m256i)_mm512_cvtneps_pbh(v));
         }
     }
@@ -151,7 +154,7 @@ static void bf16_range(void *ctx, int64_t r0, int64_t r1) {
 
 /* As pcsr_mlp_f32, in bf16 (layout above); every padded width (to 16) must be <= MLP_MAXW.
  * Returns 0, or -1 if refused (no AVX512-BF16 in this build or CPU, bad sizes). */
-int pcsr_mlp_bf16(const float *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
+int pcsr_mlp_bf16(const void *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
                   int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const void *const *wt,
                   const float *const *b, float *out, int32_t threads) {
     struct mlp_args a = {proj, sub_bias, w0, ss, rows, scatter, n_layers, dims, wt, b, out};
