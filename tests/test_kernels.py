@@ -63,6 +63,35 @@ def test_kernel_rows_do_not_depend_on_the_thread_split(dtype):
     assert torch.equal(one, two) and torch.equal(one, five)
 
 
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, marks=needs_kernel),
+                                   pytest.param(torch.bfloat16, marks=needs_bf16)])
+def test_kernel_picks_pixels_by_class_map(dtype):
+    """Pixels picked by a class map: the same results, in the same rows, as the pixel indices of
+    that class; on any number of threads (taken in chunks, in turn); other rows untouched."""
+    g = torch.Generator().manual_seed(4)
+    q = SubpixelQueries(torch.randn(2, 6, 37, 29, generator=g), 4)  # 34k pixels: several chunks
+    torch.manual_seed(4)
+    f = kernels.FusedMLP(MLP(10, (20, 74), 3), 6, dtype)
+    classes = (torch.rand(q.rows, generator=g) * 3).to(torch.uint8)
+    classes[: q.rows // 2] = 2  # a class crowded into one half, as detail crowds into part of an image
+    with torch.inference_mode():
+        proj, bias = f.project(q.feat_rows), f.subpixel_bias(q.offsets)
+        for j in (0, 1, 2, 7):
+            rows = torch.nonzero(classes == j).squeeze(1)
+            want = torch.full((q.rows, 3), -5.0)
+            f(proj, bias, rows, out=want)
+            for threads in (1, 2, 5):
+                got = torch.full((q.rows, 3), -5.0)
+                f(proj, bias, (classes, j), out=got, threads=threads)
+                assert torch.equal(got, want), (j, threads)
+        with pytest.raises(ValueError):
+            f(proj, bias, (classes, 1))  # nowhere to scatter
+        with pytest.raises(IndexError):
+            f(proj, bias, (classes[:-1], 1), out=torch.zeros(q.rows, 3))
+        with pytest.raises(ValueError):
+            f(proj, bias, (classes.long(), 1), out=torch.zeros(q.rows, 3))
+
+
 @needs_kernel
 def test_kernel_refuses_bad_indices_and_wide_layers():
     torch.manual_seed(0)

@@ -199,10 +199,11 @@ def test_fast_heads_match_the_modules_on_every_row_and_on_rows_in_any_order(dtyp
             few = q.run(mlp, rows[: q.rows // 10], dtype=dtype).float()  # 1.6
             picked = q.select((torch.arange(q.rows) % 3 == 0).to(torch.uint8), 1)
             selected = q.run(mlp, picked[1], dtype=dtype).float()
+            picked_rows = torch.arange(0, q.rows, 3) if picked[0] is None else picked[0]  # None: left to a kernel
         assert (dense - plain).abs().max() <= tol * plain.abs().max()
         assert (some - plain[rows]).abs().max() <= tol * plain.abs().max()
         assert (few - plain[rows[: q.rows // 10]]).abs().max() <= tol * plain.abs().max()
-        assert (selected - plain[picked[0]]).abs().max() <= tol * plain.abs().max()
+        assert (selected - plain[picked_rows]).abs().max() <= tol * plain.abs().max()
 
 
 @pytest.mark.parametrize("scale", [1, 2, 3, 4, 5])

@@ -33,10 +33,11 @@ def _library() -> ctypes.CDLL | None:
             lib.pcsr_cpu_supported.restype = ctypes.c_int
             lib.pcsr_max_width.restype = ctypes.c_int
             lib.pcsr_mlp_f32.restype = ctypes.c_int
-            lib.pcsr_mlp_f32.argtypes = [
+            lib.pcsr_mlp_f32.argtypes = [  # proj, w0, sub_bias, ss, rows, classes, want, scatter, n,
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+                ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int64,
+                ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,  # n_layers, dims, wt,
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]  # b, out, threads
             lib.pcsr_bf16_supported.restype = ctypes.c_int
             lib.pcsr_mlp_bf16.restype = ctypes.c_int
             lib.pcsr_mlp_bf16.argtypes = lib.pcsr_mlp_f32.argtypes
@@ -136,38 +137,52 @@ class FusedMLP:
         with torch.autocast(offsets.device.type, enabled=False):
             return torch.addmm(self.bias0, offsets.float(), self.coord_weight).contiguous()
 
-    def __call__(self, proj: torch.Tensor, sub_bias: torch.Tensor, rows: torch.Tensor | int,
-                 out: torch.Tensor | None = None, threads: int | None = None) -> torch.Tensor:
+    def __call__(self, proj: torch.Tensor, sub_bias: torch.Tensor, rows, out: torch.Tensor | None = None,
+                 threads: int | None = None) -> torch.Tensor:
         """The MLP on output pixels in sub-pixel order (pixel g: LR pixel g // ss, sub-pixel g % ss).
 
-        rows: a count n (pixels 0 .. n-1) or a 1-D tensor of pixel indices. Returns (n, out_dim),
-        or with `out` (every pixel's row, contiguous float32) writes each pixel's result into its
-        own row of out and returns out."""
+        rows: a count n (pixels 0 .. n-1), a 1-D tensor of pixel indices, or a pair (class map, j):
+        every pixel g whose class map entry is j (the map: one uint8 per pixel, as many as out's rows).
+        Returns (n, out_dim), or with `out` (every pixel's row, contiguous float32) writes each
+        pixel's result into its own row of out and returns out; a class map needs `out`."""
         proj, sub_bias = proj.contiguous(), sub_bias.contiguous()
-        pix = None
-        if isinstance(rows, torch.Tensor):
+        pix = classes = None
+        want = 0
+        if isinstance(rows, tuple):
+            classes, want = rows[0].contiguous(), int(rows[1])
+            n = classes.numel()
+        elif isinstance(rows, torch.Tensor):
             pix = rows.to(torch.int64).contiguous()
             n = pix.numel()
         else:
             n = int(rows)
         scatter = int(out is not None)
         if out is None:
+            if classes is not None:
+                raise ValueError("pixels picked by a class map need an output to scatter into")
             out = torch.empty(n, self.out_dim)
-        elif pix is None or out.dtype != torch.float32 or not out.is_contiguous() or out.shape[-1] != self.out_dim:
+        elif (pix is None and classes is None) or out.dtype != torch.float32 or not out.is_contiguous() \
+                or out.shape[-1] != self.out_dim:
             raise ValueError("scattering needs pixel indices and a contiguous float32 output")
         if n == 0:
             return out
-        top = int(pix.max()) if pix is not None else n - 1  # the kernel trusts its indices: check them here
-        if (pix is not None and int(pix.min()) < 0) or top >= proj.shape[0] * sub_bias.shape[0] or (
-                scatter and top >= out.shape[0]):
-            raise IndexError("pixel index out of range")
+        if classes is not None:  # the kernel trusts its sizes: check them here
+            if classes.dtype != torch.uint8 or classes.dim() != 1 or not 0 <= want < 256:
+                raise ValueError("a class map is a 1-D uint8 tensor and a class 0-255")
+            if n != out.shape[0] or n > proj.shape[0] * sub_bias.shape[0]:
+                raise IndexError("the class map must have one entry per row of out, within the projections")
+        else:
+            top = int(pix.max()) if pix is not None else n - 1
+            if (pix is not None and int(pix.min()) < 0) or top >= proj.shape[0] * sub_bias.shape[0] or (
+                    scatter and top >= out.shape[0]):
+                raise IndexError("pixel index out of range")
         if (proj.shape[-1] != self.w0 or sub_bias.shape[-1] != self.w0 or proj.dtype != self.proj_weight.dtype
                 or sub_bias.dtype != torch.float32 or proj.device.type != "cpu"):
             raise ValueError("projections must come from this MLP's project() and subpixel_bias()")
         threads = threads or torch.get_num_threads()
         code = self._run(proj.data_ptr(), self.w0, sub_bias.data_ptr(), sub_bias.shape[0],
-                                None if pix is None else pix.data_ptr(), scatter, n, len(self.wt), self._dims,
-                                self._wt, self._b, out.data_ptr(), threads)
+                         None if pix is None else pix.data_ptr(), None if classes is None else classes.data_ptr(),
+                         want, scatter, n, len(self.wt), self._dims, self._wt, self._b, out.data_ptr(), threads)
         if code:
             raise RuntimeError("the MLP kernel refused its arguments")
         return out

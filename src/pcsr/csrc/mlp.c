@@ -82,16 +82,16 @@ TARGET static void layer(const float *h, int k, const float *wt, int np, const f
         for (int r = 0; r < rows; r += ROWS) micro1(h + r * MAXW, MAXW, k, wt, np, b, n0, o + r * MAXW, MAXW, relu);
 }
 
-TARGET static void run_block(const struct mlp_args *a, int64_t r0, int rows, float *buf_a, float *buf_b) {
+TARGET static void run_block(const struct mlp_args *a, const struct mlp_block *blk, float *buf_a, float *buf_b) {
     __m256 zero = _mm256_setzero_ps();
-    int tile = (rows + ROWS - 1) / ROWS * ROWS;
+    int rows = blk->n, tile = (rows + ROWS - 1) / ROWS * ROWS;
     for (int r = 0; r < tile; r++) {
         float *dst = buf_a + r * MAXW;
         if (r >= rows) { /* padding rows of the last micro-tile: computed, never stored */
             memset(dst, 0, sizeof(float) * (size_t)a->w0);
             continue;
         }
-        int64_t g = a->rows ? a->rows[r0 + r] : r0 + r;
+        int64_t g = blk->pix[r];
         const float *p = (const float *)a->proj + (g / a->ss) * a->w0, *q = a->sub_bias + (g % a->ss) * a->w0;
         for (int64_t c = 0; c < a->w0; c += 8)
             _mm256_storeu_ps(dst + c, _mm256_max_ps(_mm256_add_ps(_mm256_loadu_ps(p + c), _mm256_loadu_ps(q + c)), zero));
@@ -103,17 +103,16 @@ TARGET static void run_block(const struct mlp_args *a, int64_t r0, int rows, flo
         float *t = h; h = o; o = t;
     }
     int out_dim = a->dims[a->n_layers];
-    for (int r = 0; r < rows; r++) {
-        int64_t dst = a->scatter ? a->rows[r0 + r] : r0 + r;
-        memcpy(a->out + dst * out_dim, h + r * MAXW, sizeof(float) * (size_t)out_dim);
-    }
+    for (int r = 0; r < rows; r++)
+        memcpy(a->out + blk->dst[r] * out_dim, h + r * MAXW, sizeof(float) * (size_t)out_dim);
 }
 
 static void mlp_range(void *ctx, int64_t r0, int64_t r1) {
     float buf_a[BLOCK * MAXW] __attribute__((aligned(32)));
     float buf_b[BLOCK * MAXW] __attribute__((aligned(32)));
-    for (int64_t r = r0; r < r1; r += BLOCK)
-        run_block((const struct mlp_args *)ctx, r, (int)(r1 - r < BLOCK ? r1 - r : BLOCK), buf_a, buf_b);
+    struct mlp_block blk;
+    while (mlp_next_block((const struct mlp_args *)ctx, &r0, r1, &blk))
+        run_block((const struct mlp_args *)ctx, &blk, buf_a, buf_b);
 }
 #endif
 
@@ -124,12 +123,12 @@ int pcsr_max_width(void) { return MAXW; }
  * length), dims[l + 1] layer l+1's real output width; every padded width must be <= MAXW.
  * Returns 0, or -1 if refused. */
 int pcsr_mlp_f32(const void *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
-                 int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const void *const *wt,
-                 const float *const *b, float *out, int32_t threads) {
-    struct mlp_args a = {proj, sub_bias, w0, ss, rows, scatter, n_layers, dims, wt, b, out};
+                 const uint8_t *classes, int32_t want, int32_t scatter, int64_t n, int32_t n_layers,
+                 const int32_t *dims, const void *const *wt, const float *const *b, float *out, int32_t threads) {
+    struct mlp_args a = {proj, sub_bias, w0, ss, rows, classes, want, scatter, n_layers, dims, wt, b, out};
     if (!HAVE_X86 || !pcsr_cpu_supported() || !mlp_args_ok(&a, 8)) return -1;
 #if HAVE_X86
-    pcsr_parallel_for(n, BLOCK, threads, mlp_range, &a);
+    mlp_launch(&a, n, threads, mlp_range);
 #else
     (void)n; (void)threads;
 #endif

@@ -110,17 +110,17 @@ TARGET_BF16 static void layer_bf16(const uint16_t *h, int k, const uint16_t *wt,
     }
 }
 
-TARGET_BF16 static void run_block_bf16(const struct mlp_args *a, int64_t r0, int rows, uint16_t *buf_a,
+TARGET_BF16 static void run_block_bf16(const struct mlp_args *a, const struct mlp_block *blk, uint16_t *buf_a,
                                        uint16_t *buf_b, float *buf_f) {
     __m512 zero = _mm512_setzero_ps();
-    int tile = (rows + ROWS - 1) / ROWS * ROWS;
+    int rows = blk->n, tile = (rows + ROWS - 1) / ROWS * ROWS;
     for (int r = 0; r < tile; r++) {
         uint16_t *dst = buf_a + r * MAXW;
         if (r >= rows) { /* padding rows of the last micro-tile: computed, never stored */
             memset(dst, 0, sizeof(uint16_t) * (size_t)a->w0);
             continue;
         }
-        int64_t g = a->rows ? a->rows[r0 + r] : r0 + r;
+        int64_t g = blk->pix[r];
         const uint16_t *p = (const uint16_t *)a->proj + (g / a->ss) * a->w0;
         const float *q = a->sub_bias + (g % a->ss) * a->w0;
         for (int64_t c = 0; c < a->w0; c += 16) { /* bf16 -> fp32: the bits, 16 places up */
@@ -136,10 +136,8 @@ TARGET_BF16 static void run_block_bf16(const struct mlp_args *a, int64_t r0, int
         uint16_t *t = h; h = o; o = t;
     }
     int out_dim = a->dims[a->n_layers];
-    for (int r = 0; r < rows; r++) {
-        int64_t dst = a->scatter ? a->rows[r0 + r] : r0 + r;
-        memcpy(a->out + dst * out_dim, buf_f + r * MAXW, sizeof(float) * (size_t)out_dim);
-    }
+    for (int r = 0; r < rows; r++)
+        memcpy(a->out + blk->dst[r] * out_dim, buf_f + r * MAXW, sizeof(float) * (size_t)out_dim);
 }
 
 static void bf16_range(void *ctx, int64_t r0, int64_t r1) {
@@ -147,20 +145,20 @@ static void bf16_range(void *ctx, int64_t r0, int64_t r1) {
     uint16_t buf_a[BLOCK * MAXW] __attribute__((aligned(64)));
     uint16_t buf_b[BLOCK * MAXW] __attribute__((aligned(64)));
     float buf_f[BLOCK * MAXW] __attribute__((aligned(64)));
-    for (int64_t r = r0; r < r1; r += BLOCK)
-        run_block_bf16(a, r, (int)(r1 - r < BLOCK ? r1 - r : BLOCK), buf_a, buf_b, buf_f);
+    struct mlp_block blk;
+    while (mlp_next_block(a, &r0, r1, &blk)) run_block_bf16(a, &blk, buf_a, buf_b, buf_f);
 }
 #endif
 
 /* As pcsr_mlp_f32, in bf16 (layout above); every padded width (to 16) must be <= MLP_MAXW.
  * Returns 0, or -1 if refused (no AVX512-BF16 in this build or CPU, bad sizes). */
 int pcsr_mlp_bf16(const void *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
-                  int32_t scatter, int64_t n, int32_t n_layers, const int32_t *dims, const void *const *wt,
-                  const float *const *b, float *out, int32_t threads) {
-    struct mlp_args a = {proj, sub_bias, w0, ss, rows, scatter, n_layers, dims, wt, b, out};
+                  const uint8_t *classes, int32_t want, int32_t scatter, int64_t n, int32_t n_layers,
+                  const int32_t *dims, const void *const *wt, const float *const *b, float *out, int32_t threads) {
+    struct mlp_args a = {proj, sub_bias, w0, ss, rows, classes, want, scatter, n_layers, dims, wt, b, out};
     if (!pcsr_bf16_supported() || !mlp_args_ok(&a, 16)) return -1;
 #if HAVE_BF16
-    pcsr_parallel_for(n, BLOCK, threads, bf16_range, &a);
+    mlp_launch(&a, n, threads, bf16_range);
 #else
     (void)n; (void)threads;
 #endif

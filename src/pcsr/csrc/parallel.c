@@ -63,3 +63,30 @@ void pcsr_parallel_for(int64_t n, int64_t grain, int threads, pcsr_range_fn fn, 
     struct job j = {fn, ctx, n, grain};
     gomp_parallel(worker, &j, (unsigned)threads, 0);
 }
+
+struct dynamic_job {
+    pcsr_range_fn fn;
+    void *ctx;
+    int64_t n, chunk, next;
+};
+
+static void dynamic_worker(void *arg) {
+    struct dynamic_job *j = (struct dynamic_job *)arg;
+    for (;;) {
+        int64_t c = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+        if (c * j->chunk >= j->n) return;
+        int64_t end = (c + 1) * j->chunk < j->n ? (c + 1) * j->chunk : j->n;
+        j->fn(j->ctx, c * j->chunk, end);
+    }
+}
+
+void pcsr_parallel_for_dynamic(int64_t n, int64_t chunk, int threads, pcsr_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (chunk < 1) chunk = 1;
+    if (gomp_parallel == NULL || threads <= 1 || n <= chunk) {
+        fn(ctx, 0, n);
+        return;
+    }
+    struct dynamic_job j = {fn, ctx, n, chunk, 0};
+    gomp_parallel(dynamic_worker, &j, (unsigned)threads, 0);
+}

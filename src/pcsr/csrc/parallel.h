@@ -36,4 +36,7 @@ typedef void (*pcsr_range_fn)(void *ctx, int64_t begin, int64_t end);
 /* fn(ctx, b, e) over [0, n) in parts that are multiples of `grain`, on up to `threads` threads. */
 void pcsr_parallel_for(int64_t n, int64_t grain, int threads, pcsr_range_fn fn, void *ctx);
 
+/* fn(ctx, b, e) over [0, n) in chunks of `chunk`, each thread taking the next free one. */
+void pcsr_parallel_for_dynamic(int64_t n, int64_t chunk, int threads, pcsr_range_fn fn, void *ctx);
+
 #endif

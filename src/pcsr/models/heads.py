@@ -13,6 +13,8 @@ Two ways to feed the MLPs, giving the same numbers up to float rounding:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -179,6 +181,17 @@ class _Layer:
         return linear(h.view(rows // self.g, -1), self.wg, self.bg, self.act).view(rows, -1)
 
 
+@dataclass(frozen=True)
+class ByClass:
+    """The pixels whose class is j, left for a compiled kernel to find in the class map."""
+
+    classes: torch.Tensor  # (rows,) uint8
+    j: int
+
+    def rows(self) -> torch.Tensor:
+        return torch.nonzero(self.classes == self.j).squeeze(1)
+
+
 class SubpixelQueries:
     """MLP inputs for integer scale s over every output pixel, first layer split per LR pixel."""
 
@@ -209,6 +222,8 @@ class SubpixelQueries:
         or a pair (LR pixel index, sub-pixel index). With autograd on (training) this is plain
         module calls; otherwise the fast path: weights cast once, chunks whose hidden activations
         stay in cache, in-place ReLUs, no autocast bookkeeping per operation."""
+        if isinstance(rows, ByClass):
+            rows = rows.rows()
         if torch.is_grad_enabled():
             return self._run_modules(mlp, rows)
         dtype = self._compute_dtype(dtype)
@@ -216,12 +231,13 @@ class SubpixelQueries:
             return self._run_fast(mlp, rows, chunk, dtype)
 
     def select(self, cls_rows: torch.Tensor, j: int):
-        """Rows of class j: (row indices, what `run` takes for them). For torch's operations the
-        rows come as (LR pixel index, sub-pixel index), without divisions, grouped by sub-pixel:
-        each group's first layer is then one product with that sub-pixel's bias."""
-        if self._kernel_ready(self._compute_dtype(None)):  # a kernel takes pixels in any order; in
-            rows = torch.nonzero(cls_rows == j).squeeze(1)  # raster order its reads and writes are nearly sequential
-            return rows, rows
+        """Rows of class j: (row indices, what `run` and `scatter` take for them). For a compiled
+        kernel, (None, ByClass): the kernel scans the class map itself, with no index tensor to make.
+        For torch's operations the rows come as (LR pixel index, sub-pixel index), without
+        divisions, grouped by sub-pixel: each group's first layer is then one product with that
+        sub-pixel's bias."""
+        if self._kernel_ready(self._compute_dtype(None)):
+            return None, ByClass(cls_rows, j)
         ss = self.s * self.s
         sub, lr = torch.nonzero(cls_rows.view(-1, ss).t() == j).t()
         sub, lr = sub.contiguous(), lr.contiguous()
@@ -261,14 +277,18 @@ class SubpixelQueries:
             return kernels.available()
         return dtype == torch.bfloat16 and kernels.bf16_available()
 
-    def scatter(self, mlp: MLP, rows: torch.Tensor, split, out: torch.Tensor) -> None:
+    def scatter(self, mlp: MLP, rows: torch.Tensor | None, split, out: torch.Tensor) -> None:
         """The MLP's results at output rows `rows` written into those rows of out (self.rows, D)
-        float32; `split` is what `select` gave with them."""
+        float32; `rows` and `split` are what `select` gave."""
         f = self.fused(mlp) if out.is_contiguous() else None
         if f is not None:
-            f(f.project(self.feat_rows), f.subpixel_bias(self.offsets), rows, out=out)
-        else:
-            out.index_copy_(0, rows, self.run(mlp, split).float())
+            picked = (split.classes, split.j) if isinstance(split, ByClass) else rows
+            f(f.project(self.feat_rows), f.subpixel_bias(self.offsets), picked, out=out)
+            return
+        if isinstance(split, ByClass):  # picked for a kernel that does not take this MLP
+            rows = split.rows()
+            split = rows
+        out.index_copy_(0, rows, self.run(mlp, split).float())
 
     def _compute_dtype(self, dtype):
         if dtype is None:

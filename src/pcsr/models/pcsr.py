@@ -188,7 +188,7 @@ class PCSR(nn.Module):
             res = torch.empty(q.rows, 3, dtype=torch.float32, device=x.device)
         for j, (u, (rows, split)) in enumerate(zip(self.upsamplers[first:], picked), start=first):
             with record_function(f"upsampler{j}"):
-                if rows.numel():
+                if sum(c[j] for c in counts):
                     q.scatter(u, rows, split, res)
         with record_function("assemble"):
             # bilinear(x) + mean = bilinear(lr): the mean rides on the bilinear base for free
