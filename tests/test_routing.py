@@ -75,10 +75,11 @@ def _refine_by_definition(sr, classes):
 
 
 @pytest.mark.parametrize("heavy_share", [0.01, 0.5])  # ~8 % targets: sparse (gathering); ~50 %: dense (banded box filter)
-def test_refine_matches_its_definition_across_bands(monkeypatch, heavy_share):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])  # the models make channels_last
+def test_refine_matches_its_definition_across_bands(monkeypatch, heavy_share, layout):
     monkeypatch.setattr(routing, "BAND_ELEMENTS", 3 * 23 * 5)  # bands of 8 rows: several, the last one short
     g = torch.Generator().manual_seed(3)
-    sr = torch.rand(2, 3, 29, 23, generator=g)
+    sr = torch.rand(2, 3, 29, 23, generator=g).contiguous(memory_format=layout)
     classes = (torch.rand(2, 29, 23, generator=g) < heavy_share).to(torch.uint8)
     out = routing.refine(sr, classes)
     assert torch.allclose(out, _refine_by_definition(sr, classes), atol=1e-6)

@@ -90,12 +90,16 @@ def refine(sr: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
             inner = out[..., a:b, 1:-1]
             torch.where(targets[..., a - 1:b - 1, :], box, inner, out=inner)
         return out
-    for i in range(n):  # sparse: the 3x3 mean at the target pixels only
+    # sparse: the 3x3 mean at the target pixels only, gathered along the pixel dimension, which is
+    # dim 0 of (pixels, C) rows for a channels_last image (C values side by side), dim 1 otherwise
+    d = 0 if c > 1 and sr.is_contiguous(memory_format=torch.channels_last) else 1
+    for i in range(n):
         y, x = torch.nonzero(targets[i], as_tuple=True)
         centre = (y + 1) * w + (x + 1)
-        flat = sr[i].reshape(c, h * w)
-        acc = flat.index_select(1, centre - w - 1)
+        src, dst = (sr[i].permute(1, 2, 0).reshape(h * w, c), out[i].permute(1, 2, 0).view(h * w, c)) if d == 0 \
+            else (sr[i].reshape(c, h * w), out[i].view(c, h * w))
+        acc = src.index_select(d, centre - w - 1)
         for off in (-w, -w + 1, -1, 0, 1, w - 1, w, w + 1):
-            acc += flat.index_select(1, centre + off)
-        out[i].view(c, h * w).index_copy_(1, centre, acc / 9)
+            acc += src.index_select(d, centre + off)
+        dst.index_copy_(d, centre, acc / 9)
     return out
