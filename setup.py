@@ -4,7 +4,7 @@
 models with torch operations instead (pcsr.kernels.available() says which)."""
 from setuptools import Extension, setup
 
-KERNELS = ["src/pcsr/csrc/mlp.c", "src/pcsr/csrc/mlp_bf16.c", "src/pcsr/csrc/gconv.c", "src/pcsr/csrc/parallel.c"]
+KERNELS = [f"src/pcsr/csrc/{name}.c" for name in ("mlp", "mlp_bf16", "gconv", "refine", "parallel")]
 
 HEADERS = ["src/pcsr/csrc/parallel.h", "src/pcsr/csrc/mlp.h"]
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pcsr import routing
+from pcsr import kernels, routing
 
 
 def test_cost_rule_k0_is_argmax_and_larger_k_is_cheaper():
@@ -84,3 +84,19 @@ def test_refine_matches_its_definition_across_bands(monkeypatch, heavy_share, la
     out = routing.refine(sr, classes)
     assert torch.allclose(out, _refine_by_definition(sr, classes), atol=1e-6)
     assert not torch.equal(out, sr)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="the C kernels are not built or not for this CPU")
+@pytest.mark.parametrize("c,h,w", [(3, 29, 23), (1, 5, 9), (4, 3, 3), (3, 3, 40), (2, 17, 3)])
+def test_refine_kernel_matches_the_definition(c, h, w):
+    """The one-pass C refinement (channels-last fp32, uint8 classes), three classes, sizes down to
+    a single interior pixel; the torch path (with the kernel refused) agrees too."""
+    g = torch.Generator().manual_seed(c * 100 + h + w)
+    sr = torch.rand(2, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    classes = (torch.rand(2, h, w, generator=g) * 3).to(torch.uint8)
+    done = kernels.refine(sr, classes)
+    assert done is not None and done.is_contiguous(memory_format=torch.channels_last)
+    want = _refine_by_definition(sr, classes)
+    assert torch.allclose(done, want, atol=1e-6)
+    assert torch.allclose(routing.refine(sr.contiguous(), classes), done, atol=1e-6)  # NCHW: torch's path
+    assert kernels.refine(sr.double(), classes) is None and kernels.refine(sr, classes.long()) is None

@@ -45,6 +45,9 @@ def _library() -> ctypes.CDLL | None:
             lib.pcsr_gconv3x3_f32.argtypes = [
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
                 ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
+            lib.pcsr_refine_f32.restype = ctypes.c_int
+            lib.pcsr_refine_f32.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + [
+                ctypes.c_void_p, ctypes.c_int32]
             lib.pcsr_set_openmp.argtypes = [ctypes.c_void_p] * 3
             lib.pcsr_set_openmp(*_openmp_entry_points())
             return lib if lib.pcsr_cpu_supported() else None
@@ -79,6 +82,21 @@ def mlp_kernel_runs(precision: str, device) -> bool:
     if torch.device(device).type != "cpu":
         return False
     return {"fp32": available, "bf16": bf16_available}.get(precision, lambda: False)()
+
+
+def refine(sr: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
+    """routing.refine in one pass (csrc/refine.c), for an fp32 (N, C, H, W) image whose pixels lie
+    channels-last and a uint8 (N, H, W) class map on the CPU; None where it does not apply."""
+    if not (available() and sr.dtype == torch.float32 and sr.device.type == "cpu" and sr.dim() == 4
+            and classes.dtype == torch.uint8 and classes.shape == (sr.shape[0], *sr.shape[2:])
+            and sr.permute(0, 2, 3, 1).is_contiguous()):
+        return None
+    cls = classes.contiguous()
+    n, c, h, w = sr.shape
+    out = torch.empty_like(sr)  # keeps the layout
+    if _library().pcsr_refine_f32(sr.data_ptr(), cls.data_ptr(), n, h, w, c, out.data_ptr(), torch.get_num_threads()):
+        return None
+    return out
 
 
 def _pad(n: int, to: int) -> int:

@@ -173,7 +173,7 @@ class PCSR(nn.Module):
                 cls_rows = q.to_rows(classes.unsqueeze(1))[:, 0].to(torch.uint8)
             else:
                 cls_rows = self.route_rows(logits, r, n, h, w, H, W)
-            counts = [torch.bincount(c, minlength=self.num_classes).tolist() for c in cls_rows.view(n, -1)]
+            counts = [self.class_counts(c) for c in cls_rows.view(n, -1)]
             # the cheapest upsampler on every row when most rows are its own: cheaper than gathering
             # them and scattering back (on a CPU; its FLOPs are still counted on its own pixels only)
             # (not with the compiled kernel: it gathers and scatters inside its pass over the rows)
@@ -210,6 +210,14 @@ class PCSR(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             logits = q.run(self.classifier, dtype=torch.float32)
         return q.to_image(torch.softmax(logits, -1))
+
+    def class_counts(self, classes: torch.Tensor) -> list[int]:
+        """Pixels per class of one image's (rows,) uint8 classes. Two classes: a count of the
+        costlier (0.3 ms for 1.85 M pixels on two cores, against 2.3 for a histogram)."""
+        if self.num_classes == 2:
+            heavy = int(torch.count_nonzero(classes))
+            return [classes.numel() - heavy, heavy]
+        return torch.bincount(classes, minlength=self.num_classes).tolist()
 
     def route_rows(self, logits: torch.Tensor, r: Routing, n: int, h: int, w: int, H: int, W: int) -> torch.Tensor:
         """(rows, M) logits, image-major rows -> (rows,) uint8 classes by the routing rule."""
