@@ -12,9 +12,9 @@
  *   wt[l]     (k_l, np_l) layer l+1's weight, transposed, output columns zero-padded to np_l
  *   b[l]      (np_l)     its bias, zero-padded
  * Output pixel g (sub-pixel order) is LR pixel g / ss, sub-pixel g % ss. The kernel runs the pixels
- * rows[r0 .. r1), or with rows NULL the pixels r0 .. r1 themselves. The last layer has no ReLU;
- * its first out_dim columns go to row r of out, or with `scatter` to row rows[r] (the pixel's own
- * row of a full-size output).
+ * rows[0 .. n), or with rows NULL the pixels 0 .. n-1 themselves, or with a class map the pixels g
+ * of 0 .. n-1 whose classes[g] is `want` (mlp.h). The last layer has no ReLU; its first out_dim
+ * columns go to row r of out, or with `scatter` to the pixel's own row of a full-size output.
  *
  * Threads: torch's OpenMP team (parallel.h).
  */
@@ -119,9 +119,9 @@ static void mlp_range(void *ctx, int64_t r0, int64_t r1) {
 
 int pcsr_max_width(void) { return MAXW; }
 
-/* n rows on up to `threads` threads. dims[0] is the real first-layer width (w0 its padded row
- * length), dims[l + 1] layer l+1's real output width; every padded width must be <= MAXW.
- * Returns 0, or -1 if refused. */
+/* n rows (or n pixels of a class map, then with scatter) on up to `threads` threads. dims[0] is
+ * the real first-layer width (w0 its padded row length), dims[l + 1] layer l+1's real output
+ * width; every padded width must be <= MAXW. Returns 0, or -1 if refused. */
 int pcsr_mlp_f32(const void *proj, int64_t w0, const float *sub_bias, int64_t ss, const int64_t *rows,
                  const uint8_t *classes, int32_t want, int32_t scatter, int64_t n, int32_t n_layers,
                  const int32_t *dims, const void *const *wt, const float *const *b, float *out, int32_t threads) {
