@@ -126,7 +126,7 @@ int pcsr_mlp_f32(const void *proj, int64_t w0, const float *sub_bias, int64_t ss
                  const uint8_t *classes, int32_t want, int32_t scatter, int64_t n, int32_t n_layers,
                  const int32_t *dims, const void *const *wt, const float *const *b, float *out, int32_t threads) {
     struct mlp_args a = {proj, sub_bias, w0, ss, rows, classes, want, scatter, n_layers, dims, wt, b, out};
-    if (!HAVE_X86 || !pcsr_cpu_supported() || !mlp_args_ok(&a, 8)) return -1;
+    if (!pcsr_cpu_supported() || !mlp_args_ok(&a, 8)) return -1; /* 0 off x86 */
 #if HAVE_X86
     mlp_launch(&a, n, threads, mlp_range);
 #else
