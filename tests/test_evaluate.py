@@ -16,10 +16,11 @@ from pcsr import weights
 from pcsr.api import Model
 from pcsr.cli import main
 from pcsr.errors import PcsrError
-from pcsr.evaluate import (ORIGINAL, Reference, Runner, Setting, Units, csv_text, fold_patches, make_settings,
-                           markdown_table, patch_level_classes, patch_starts, plot_curves, sweep, tile_means,
-                           tint, unfold_patches)
+from pcsr.eval import (ORIGINAL, Reference, Runner, Setting, Units, csv_text, evaluate, make_settings,
+                       markdown_table, plot_curves, sweep, tint)
+from pcsr.eval.protocol import fold_patches, patch_level_classes, patch_starts, tile_means, unfold_patches
 from pcsr.metrics import psnr, ssim
+from pcsr.models.pcsr import Routing
 from test_models import tiny_pcsr
 
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
@@ -95,7 +96,7 @@ def test_scores_match_metrics_module():
 
 def test_sweep_psnr_is_the_metrics_psnr_of_the_output(model, sets):
     """Through the whole eval path: the figures are those of metrics.psnr / ssim on the 8-bit output."""
-    from pcsr.evaluate import hr_tensor, make_lr, to_uint8
+    from pcsr.eval import hr_tensor, make_lr, to_uint8
     row = sweep(model, [sets[1]], [Setting("k", 0.0)], ssim=True, per_image=True)[0]
     hr, lr = make_lr(hr_tensor(sets[1] / "im0.png"), 4)
     sr = to_uint8(model.run(lr.unsqueeze(0), Setting("k", 0.0).to_routing()).sr[0])
@@ -103,6 +104,20 @@ def test_sweep_psnr_is_the_metrics_psnr_of_the_output(model, sets):
     assert row["psnr_rgb"] == pytest.approx(psnr(sr, ref, shave=4), abs=1e-9)
     assert row["psnr_y"] == pytest.approx(psnr(sr, ref, shave=4, y_channel=True), abs=1e-9)
     assert row["ssim_y"] == pytest.approx(ssim(sr, ref, shave=4, y_channel=True), abs=1e-9)
+
+
+def test_evaluate_is_the_single_setting_sweep_with_public_keys(model, sets):
+    """evaluate() (the trainer's validation, the benchmark scripts) gives the historical keys and
+    the figures of a one-setting sweep of that routing."""
+    r = Routing(k=1.0, refine=False)
+    res = evaluate(model, sets[0], routing=r)
+    row = sweep(model, [sets[0]], [Setting.from_routing(r)], per_image=True)[0]
+    assert set(res) == {"psnr_rgb", "psnr_y", "gflops", "max_gflops", "heavy_fraction", "images", "seconds",
+                        "per_image"}
+    assert res["images"] == 2 and [im["name"] for im in res["per_image"]] == ["im0.png", "im1.png"]
+    for key in ("psnr_rgb", "psnr_y", "gflops", "max_gflops", "heavy_fraction"):
+        assert res[key] == row[key]
+    assert res["per_image"][0]["flops"] == row["per_image"][0]["flops"]
 
 
 # ----------------------------------------------------------------------------- patch protocol
@@ -172,7 +187,7 @@ def test_shared_passes_equal_separate_runs(model, sets, protocol):
 
 def test_shared_sweep_matches_model_run_without_refinement(model, sets):
     """No refinement, k = 0: the composed output is the model's to float rounding, pixel by pixel."""
-    from pcsr.evaluate import hr_tensor, make_lr
+    from pcsr.eval import hr_tensor, make_lr
     _, lr = make_lr(hr_tensor(sets[0] / "im0.png"), 4)
     s = Setting("k", 0.0, refine=False)
     runner = Runner(model, 4)
