@@ -125,7 +125,7 @@ def _flat(values) -> list[float]:
 
 def eval_settings(args):
     """The settings asked for on the command line (usage errors as PcsrError)."""
-    from .evaluate import make_settings
+    from .eval import make_settings
     ks, budgets, thresholds = _flat(args.k), _flat(args.budget), _flat(args.threshold)
     routings = args.routing
     if routings is None:
@@ -142,7 +142,7 @@ def eval_settings(args):
 
 def _eval(args) -> int:
     from . import api
-    from .evaluate import csv_text, markdown_per_image, markdown_table, plot_curves, public_row, sweep
+    from .eval import csv_text, markdown_per_image, markdown_table, plot_curves, public_row, sweep
     settings = eval_settings(args)
     if args.patch < 1 or not 1 <= args.step <= args.patch:
         raise PcsrError(f"--patch and --step need 1 <= step <= patch, got {args.patch} and {args.step}")
