@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from pcsr import api
-from pcsr.evaluate import evaluate
+from pcsr.eval import evaluate
 from pcsr.models.pcsr import Routing
 
 

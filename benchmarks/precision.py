@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from pcsr import api, weights
-from pcsr.evaluate import evaluate
+from pcsr.eval import evaluate
 from pcsr.models.pcsr import Routing
 
 MAX_DB, MAX_FLOPS = 0.01, 0.01

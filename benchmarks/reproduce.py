@@ -3,7 +3,7 @@
     PYTHONPATH=src python benchmarks/reproduce.py --shared ../shared --out docs/
 
 The four reference checkpoints (../shared/official) and any model bundled under src/pcsr/bundled/
-are evaluated on Set5, Set14 and B100 through `pcsr.evaluate.sweep`, the code behind `pcsr eval`:
+are evaluated on Set5, Set14 and B100 through `pcsr.eval.sweep`, the code behind `pcsr eval`:
 the whole-image protocol and the ClassSR / PCSR-paper patch protocol, pixel-level routing (a k
 sweep, the adaptive decision, all light, all heavy) and the patch-level baseline (a threshold
 sweep), plus the authors' demo image against the figures their code produced. The generated
@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pcsr import api, weights  # noqa: E402
 from pcsr.imageio import write_image  # noqa: E402
-from pcsr.evaluate import (Runner, Setting, Units, hr_tensor, make_lr, make_settings, plot_curves,  # noqa: E402
-                           sweep, tint, to_uint8)
+from pcsr.eval import (Runner, Setting, Units, hr_tensor, make_lr, make_settings, plot_curves,  # noqa: E402
+                       sweep, tint, to_uint8)
 
 OFFICIAL = {  # file stem -> label, backbone family
     "carn-x4": ("CARN", "carn"),

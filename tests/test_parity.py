@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pcsr import api, weights
-from pcsr.evaluate import evaluate, hr_tensor, make_lr
+from pcsr.eval import evaluate, hr_tensor, make_lr
 from pcsr.models.pcsr import Routing
 
 SETTINGS = ["k-25", "k-1", "k0", "k1", "k2", "adaptive"]

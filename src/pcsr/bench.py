@@ -41,7 +41,7 @@ def add_parser(sub):
 
 
 def _lr(path: str, scale: int, from_hr: bool) -> "torch.Tensor":  # noqa: F821
-    from .evaluate import hr_tensor, make_lr
+    from .eval import hr_tensor, make_lr
     img = hr_tensor(path)
     return (make_lr(img, scale)[1] if from_hr else img).unsqueeze(0)
 

@@ -304,7 +304,7 @@ class Trainer:
 
     def validate(self) -> dict:
         """Figures by folder and routing, fp32, through the same path as `pcsr eval`."""
-        from ..evaluate import evaluate
+        from ..eval import evaluate
         model = Model(self.net, device=str(self.device), precision="fp32")
         res = {}
         try:
