@@ -7,12 +7,12 @@ runner.py    one model on one image's units under a setting; the passes a sweep 
 sweeps.py    sweep() over models, sets and settings; evaluate() for one routing
 report.py    Markdown tables, CSV, plots, saved images with tinted class maps
 """
-from .protocol import ORIGINAL, PROTOCOLS, ROUTINGS, Setting, Units, hr_tensor, make_lr, make_settings, to_uint8
+from .protocol import ORIGINAL, PROTOCOLS, Setting, Units, hr_tensor, make_lr, make_settings, to_uint8
 from .report import csv_text, markdown_per_image, markdown_table, plot_curves, tint
-from .runner import Output, Runner
+from .runner import Runner
 from .score import Reference
-from .sweeps import ImageScore, display_name, evaluate, public_row, sweep
+from .sweeps import evaluate, public_row, sweep
 
-__all__ = ["ORIGINAL", "PROTOCOLS", "ROUTINGS", "Setting", "Units", "hr_tensor", "make_lr", "make_settings",
-           "to_uint8", "csv_text", "markdown_per_image", "markdown_table", "plot_curves", "tint", "Output",
-           "Runner", "Reference", "ImageScore", "display_name", "evaluate", "public_row", "sweep"]
+__all__ = ["ORIGINAL", "PROTOCOLS", "Setting", "Units", "hr_tensor", "make_lr", "make_settings", "to_uint8",
+           "csv_text", "markdown_per_image", "markdown_table", "plot_curves", "tint", "Runner", "Reference",
+           "evaluate", "public_row", "sweep"]

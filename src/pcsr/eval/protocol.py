@@ -31,7 +31,6 @@ from ..models.pcsr import Routing
 from ..resize import imresize
 
 PROTOCOLS = ("image", "patch")
-ROUTINGS = ("pixel", "patch")
 
 
 # ----------------------------------------------------------------------------- HR / LR
