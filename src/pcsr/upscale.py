@@ -397,14 +397,31 @@ def run(args) -> int:
             outcome = upscale_file(model, job, routing, tile=args.tile, pad=args.tile_pad,
                                    max_pixels=args.max_pixels, progress=tile_bar, outscale=args.outscale,
                                    prepare=prepare)
-        except PcsrError as err:
-            report.fail(str(job.input), job.output, str(err))
-            continue
-        except MemoryError:
-            report.fail(str(job.input), job.output, f"{job.input}: not enough memory for this image")
+        except Exception as err:  # noqa: BLE001 - one bad image must never cost the rest of the batch
+            # (KeyboardInterrupt and the signals turned into it are BaseException: they still stop the run)
+            report.fail(str(job.input), job.output, failure_reason(job.input, err))
             continue
         report.ok(job, outcome)
     return 1 if report.failures else 0
+
+
+def failure_reason(path: Path, err: BaseException) -> str:
+    """`<input>: <reason>` on one line, whatever went wrong: our own errors say it already; anything
+    else (torch refusing a tiny image, an OSError, a bug) is named by its type, since its message
+    alone may make no sense to the user."""
+    if isinstance(err, PcsrError):
+        text = str(err)
+    elif isinstance(err, MemoryError):
+        text = "not enough memory for this image"
+    elif isinstance(err, OSError):
+        text = f"{err.strerror or type(err).__name__}" + (f" ({err.filename})" if err.filename else "")
+    else:
+        text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    text = " ".join(text.split())  # one line, however the message was laid out
+    if len(text) > 300:
+        text = text[:297] + "..."
+    name = str(path)
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def _folder_error(path: Path, folder: Path, cache: dict[str, str | None]) -> str | None:

@@ -49,23 +49,137 @@ def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) ->
         raise
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
+# A safetensors file starts with an 8-byte length and that many bytes of JSON header (tensor names,
+# dtypes, shapes, offsets, and our metadata). Ours take ~13 KB; a header of megabytes is not a model
+# of ours, and reading one would only spend memory. JSON nesting is bounded for the same reason (and
+# because Python's parser would hit its recursion limit on a deep one).
+MAX_HEADER_BYTES = 4 << 20
+MAX_JSON_DEPTH = 32
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of objects and arrays in a JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _json(text, path, what: str):
+    if not isinstance(text, str):
+        raise WeightsError(f"{path}: damaged model metadata ({what} is not text)")
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise WeightsError(f"{path}: damaged model metadata ({what} nested deeper than {MAX_JSON_DEPTH})")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable .safetensors file ({_short(e)})") from None
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise WeightsError(f"{path}: damaged model metadata ({what}: {_short(e)})") from None
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The safetensors header (tensor entries and `__metadata__`), read and checked by hand so that
+    a hostile length or nesting is refused before any of it is parsed."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise WeightsError(f"{path}: not a readable .safetensors file (too short)")
+            n = int.from_bytes(head, "little")
+            if n > MAX_HEADER_BYTES:
+                raise WeightsError(f"{path}: not a pcsr model file (a {n}-byte header; "
+                                   f"at most {MAX_HEADER_BYTES} are accepted)")
+            if 8 + n > size:
+                raise WeightsError(f"{path}: not a readable .safetensors file (truncated header)")
+            raw = f.read(n)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror or _short(e)})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WeightsError(f"{path}: not a readable .safetensors file (header is not text)") from None
+    header = _json(text, path, "header")
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: not a readable .safetensors file (header is not a JSON object)")
+    data_bytes = size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = (isinstance(entry, dict) and entry.get("dtype") in _SAFETENSORS_DTYPES
+              and isinstance(entry.get("shape"), list) and all(_is_count(d) for d in entry["shape"])
+              and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+              and all(_is_count(o) for o in entry["data_offsets"])
+              and entry["data_offsets"][0] <= entry["data_offsets"][1] <= data_bytes)
+        if not ok:
+            raise WeightsError(f"{path}: not a readable .safetensors file (bad entry for {str(name)[:60]!r})")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise WeightsError(f"{path}: damaged model metadata (not a mapping of text)")
+    return header
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    return dict(read_header(path).get("__metadata__", {}))
+
+
+def _spec_from(meta: dict, path) -> ModelSpec:
+    try:
+        return ModelSpec.from_dict(_json(meta["spec"], path, "spec"))
+    except WeightsError as e:
+        msg = str(e)
+        raise WeightsError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def expected_state(spec: ModelSpec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor a model of this spec loads, found by building it on
+    the meta device: nothing is allocated, so a spec is measured before it costs memory."""
+    with torch.device("meta"):
+        net = build_model(spec)
+    return {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
+
+
+def check_state(spec: ModelSpec, found: dict[str, tuple[tuple[int, ...], torch.dtype]], path) -> None:
+    """Every expected tensor present with the module's shape, none unexpected; floating parameters
+    may come in any floating dtype (loading casts them), others (BatchNorm's counter) in their own."""
+    want = expected_state(spec)
+    missing = [k for k in want if k not in found]
+    unexpected = [k for k in found if k not in want]
+    if missing or unexpected:
+        raise WeightsError(f"{path}: weights do not fit the model (missing {missing[:3]}, "
+                           f"unexpected {[str(k)[:60] for k in unexpected[:3]]})")
+    for k, (shape, dtype) in want.items():
+        got_shape, got_dtype = found[k]
+        if tuple(got_shape) != shape:
+            raise WeightsError(f"{path}: weights do not fit the model ({k} has shape {list(got_shape)[:8]}, "
+                               f"the spec needs {list(shape)})")
+        if dtype.is_floating_point != got_dtype.is_floating_point or (
+                not dtype.is_floating_point and got_dtype != dtype):
+            raise WeightsError(f"{path}: weights do not fit the model ({k} is {got_dtype}, needs {dtype})")
 
 
 def _load_safetensors(path: Path) -> tuple[nn.Module, dict]:
-    meta = read_metadata(path)
+    header = read_header(path)
+    meta = header.get("__metadata__", {})
     if meta.get("pcsr_format") != FORMAT_VERSION or "spec" not in meta:
         raise WeightsError(f"{path}: not a pcsr model file (no pcsr_format {FORMAT_VERSION} metadata)")
-    try:
-        spec = ModelSpec.from_dict(json.loads(meta["spec"]))
-        info = json.loads(meta.get("info", "{}"))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise WeightsError(f"{path}: damaged model metadata ({_short(e)})") from None
+    spec = _spec_from(meta, path)
+    info = _json(meta.get("info", "{}"), path, "info")
+    if not isinstance(info, dict):
+        raise WeightsError(f"{path}: damaged model metadata (info is not a JSON object)")
+    check_state(spec, {k: (tuple(e["shape"]), _SAFETENSORS_DTYPES[e["dtype"]])
+                       for k, e in header.items() if k != "__metadata__"}, path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -77,11 +191,9 @@ def _load_safetensors(path: Path) -> tuple[nn.Module, dict]:
 
 def _load_state(model: nn.Module, state: dict, path) -> None:
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise WeightsError(f"{path}: weights do not fit the model ({_short(e)})") from None
-    if missing or unexpected:
-        raise WeightsError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 # ----------------------------------------------------------------------------- names and paths
@@ -112,6 +224,7 @@ def load(name_or_path: str | os.PathLike | None = None) -> tuple[nn.Module, dict
     path = resolve(name_or_path)
     if path.suffix in (".pth", ".pt"):
         spec, state = read_reference(path)
+        _check_reference_state(spec, state, path)
         model, info = build_model(spec), {"source": str(path)}
         _load_state(model, state, path)
     else:
@@ -149,31 +262,52 @@ def _backbone_from_reference(name: str, args: dict, sd: dict) -> tuple[dict, cal
         s = next(v.shape[0] for k, v in sd.items() if k.endswith("body_conv.0.0.weight"))
         d = int(args.get("d", 56))
         return {"d": d, "s": int(s), "m": int(m)}, lambda k: _fsrcnn_key(k, m)
-    raise WeightsError(f"reference backbone {name!r} is not supported (carn, fsrcnn)")
+    raise WeightsError(f"reference backbone {str(name)[:40]!r} is not supported (carn, fsrcnn)")
 
 
 def _mlp_hidden(sd: dict, prefix: str) -> tuple[int, ...]:
-    ws = sorted(
+    ws = sorted(  # (a 1-d "weight" raises IndexError: a damaged file, reported as such)
         ((int(m[1]), v) for k, v in sd.items() if (m := re.match(re.escape(prefix) + r"layers\.(\d+)\.weight$", k))),
     )
     return tuple(int(v.shape[0]) for _, v in ws[:-1])
 
 
 def read_reference(path: str | os.PathLike) -> tuple[ModelSpec, dict]:
-    """The authors' `{model: {name, args, sd}}` checkpoint -> (our spec, our state dict)."""
+    """The authors' `{model: {name, args, sd}}` checkpoint -> (our spec, our state dict), every part
+    of it checked for its type, so that a foreign or damaged file is one WeightsError naming it."""
     try:
         ck = torch.load(str(path), map_location="cpu", weights_only=True)
-        m = ck["model"]
-        name, args, sd = m["name"], m["args"], m["sd"]
-    except (KeyError, TypeError) as e:
-        raise WeightsError(f"{path}: not a PCSR reference checkpoint (missing {_short(e)})") from None
     except Exception as e:  # torch raises several kinds for a damaged or foreign file
         raise WeightsError(f"{path}: cannot read checkpoint ({_short(e)})") from None
+    try:
+        return _reference_spec(ck)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except KeyError as e:
+        raise WeightsError(f"{path}: not a PCSR reference checkpoint (missing {_short(e)})") from None
+    except (TypeError, ValueError, AttributeError, IndexError, StopIteration, RuntimeError) as e:
+        raise WeightsError(f"{path}: not a PCSR reference checkpoint ({type(e).__name__}: {_short(e)})") from None
+
+
+def _mapping(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise WeightsError(f"not a PCSR reference checkpoint ({what} is a {type(value).__name__}, not a mapping)")
+    return value
+
+
+def _reference_spec(ck) -> tuple[ModelSpec, dict]:
+    m = _mapping(_mapping(ck, "the file")["model"], "model")
+    name, args, sd = m["name"], _mapping(m["args"], "model.args"), _mapping(m["sd"], "model.sd")
+    if not isinstance(name, str):
+        raise WeightsError(f"not a PCSR reference checkpoint (model.name is a {type(name).__name__})")
+    bad = next((k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise WeightsError(f"not a PCSR reference checkpoint (model.sd[{str(bad)[:60]!r}] is not a tensor)")
     if name.startswith("pcsr"):
-        enc = args["encoder_spec"]
+        enc = _mapping(args["encoder_spec"], "encoder_spec")
         bb_name = enc["name"]
         enc_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-        bb_args, key = _backbone_from_reference(bb_name, enc["args"], enc_sd)
+        bb_args, key = _backbone_from_reference(bb_name, _mapping(enc["args"], "encoder_spec.args"), enc_sd)
         state = {"backbone." + key(k): v for k, v in enc_sd.items()}
         for src, dst in (("light_sampler.imnet.", "upsamplers.0."), ("heavy_sampler.imnet.", "upsamplers.1."),
                          ("classifier.imnet.", "classifier.")):
@@ -189,7 +323,11 @@ def read_reference(path: str | os.PathLike) -> tuple[ModelSpec, dict]:
         bb_args, key = _backbone_from_reference(name, args, sd)
         spec = ModelSpec(backbone=name, backbone_args=bb_args, scale=scale, mean=REFERENCE_MEANS[name])
         return spec, {"backbone." + key(k): v for k, v in sd.items()}
-    raise WeightsError(f"{path}: unknown reference model {name!r}")
+    raise WeightsError(f"unknown reference model {name[:40]!r}")
+
+
+def _check_reference_state(spec: ModelSpec, state: dict, path) -> None:
+    check_state(spec, {k: (tuple(v.shape), v.dtype) for k, v in state.items()}, path)
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> ModelSpec:

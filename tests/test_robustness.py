@@ -1,0 +1,351 @@
+"""Bad input never costs other work: one line per bad image or file, the rest of a batch goes on,
+hostile model files are refused before anything is allocated, outputs are never clobbered and
+temporaries never left behind."""
+import errno
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pcsr import upscale, weights
+from pcsr.cli import main
+from pcsr.errors import WeightsError
+from pcsr.models.pcsr import build_model
+from pcsr.models.specs import ModelSpec
+
+SPEC = ModelSpec(backbone="carn", backbone_args={"nf": 8, "groups": 4}, scale=4, upsamplers=((4,), (8,)),
+                 classifier=(4,))
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    weights.save(build_model(SPEC), path)
+    return path
+
+
+@pytest.fixture
+def cli(model_file, capsys):
+    """`pcsr upscale ...` in-process: (exit status, stdout, stderr)."""
+    def run(*args):
+        code = main(["upscale", *map(str, args), "--model", str(model_file), "--quiet"])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def image(path: Path, h: int = 9, w: int = 13, seed: int = 0) -> Path:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------- case 1: any failure, one line
+FAILURES = {  # input name: the exception upscale_file raises for it
+    "b.png": RuntimeError("Calculated padded input size per channel: (1 x 1).\nKernel size: (3 x 3)"),
+    "c.png": ValueError("something odd"),
+    "d.png": OSError(errno.EIO, "Input/output error"),
+}
+
+
+@pytest.fixture
+def failing(monkeypatch):
+    real = upscale.upscale_file
+
+    def fake(model, job, *args, **kwargs):
+        if job.input.name in FAILURES:
+            raise FAILURES[job.input.name]
+        return real(model, job, *args, **kwargs)
+
+    monkeypatch.setattr(upscale, "upscale_file", fake)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_any_exception_is_one_line_and_the_batch_goes_on(cli, tmp_path, failing, as_json):
+    for i, name in enumerate(["a.png", "b.png", "c.png", "d.png", "e.png"]):
+        image(tmp_path / name, seed=i)
+    code, out, err = cli(tmp_path, "-o", tmp_path / "out", *(["--json"] if as_json else []))
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 3 and "Traceback" not in err
+    for line, (name, reason) in zip(lines, [("b.png", "RuntimeError: Calculated padded input size"),
+                                            ("c.png", "ValueError: something odd"),
+                                            ("d.png", "Input/output error")]):
+        assert line.startswith(f"pcsr upscale: error: {tmp_path / name}: ") and reason in line
+    assert names(tmp_path / "out") == ["a_x4.png", "e_x4.png"]
+    if as_json:
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert [Path(r["input"]).name for r in rows] == ["a.png", "b.png", "c.png", "d.png", "e.png"]
+        assert [r["error"] is None for r in rows] == [True, False, False, False, True]
+        assert "ValueError: something odd" in rows[2]["error"] and rows[2]["width"] is None
+    else:
+        assert [line.split(" -> ")[0] for line in out.splitlines()] == [str(tmp_path / "a.png"),
+                                                                         str(tmp_path / "e.png")]
+
+
+def test_keyboard_interrupt_still_stops_the_run(cli, tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(model, job, *args, **kwargs):
+        calls.append(job.input.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(upscale, "upscale_file", interrupted)
+    image(tmp_path / "a.png")
+    image(tmp_path / "b.png")
+    code, out, err = cli(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out")
+    assert code == 130 and "interrupted" in err and calls == ["a.png"] and out == ""
+    assert names(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 7), (7, 1)])
+def test_one_pixel_wide_images_upscale(cli, tmp_path, h, w):
+    image(tmp_path / "a.png", h, w)
+    code, out, err = cli(tmp_path / "a.png", "--precision", "fp32")
+    assert code == 0, err
+    assert Image.open(tmp_path / "a_x4.png").size == (4 * w, 4 * h)
+
+
+def test_tiny_images_never_stop_a_batch_in_any_precision(cli, tmp_path):
+    """Whatever a precision does with a 1x1 image, the other images of the batch are written."""
+    for precision in ("auto", "bf16"):
+        folder = tmp_path / precision
+        folder.mkdir()
+        image(folder / "a.png", 1, 1)
+        image(folder / "b.png")
+        code, out, err = cli(folder, "--precision", precision)
+        assert "Traceback" not in err and (folder / "b_x4.png").exists()
+        assert code == (1 if err.count("error:") else 0)
+        assert err.count("\n") <= 1 + err.count("warning:")
+
+
+# ----------------------------------------------------------------------------- case 3: model files are data
+GOOD = SPEC.to_dict()
+
+BAD_SPECS = {  # name: (changes to a good spec, words the message must hold)
+    "not a mapping": (None, "expected a JSON object"),
+    "unknown key": ({"colour": 1}, "unknown keys"),
+    "unknown backbone": ({"backbone": "vgg"}, "unknown backbone"),
+    "backbone not text": ({"backbone": 5}, "backbone must be a name"),
+    "args not a mapping": ({"backbone_args": [8, 4]}, "backbone_args must be a mapping"),
+    "unknown option": ({"backbone_args": {"width": 3}}, "unknown options"),
+    "width as text": ({"backbone_args": {"nf": "8", "groups": 4}}, "backbone_args.nf must be a whole number"),
+    "width as bool": ({"backbone_args": {"nf": True, "groups": 1}}, "backbone_args.nf must be a whole number"),
+    "width as float": ({"backbone_args": {"nf": 8.0, "groups": 4}}, "backbone_args.nf must be a whole number"),
+    "width zero": ({"backbone_args": {"nf": 0, "groups": 4}}, "backbone_args.nf must be between 1 and 1024"),
+    "4 TB layer": ({"backbone_args": {"nf": 1 << 20, "groups": 4}}, "backbone_args.nf must be between 1 and 1024"),
+    "groups not dividing": ({"backbone_args": {"nf": 8, "groups": 3}}, "not divisible"),
+    "groups not dividing the default": ({"backbone_args": {"groups": 5}}, "not divisible"),
+    "too deep": ({"backbone": "msrresnet", "backbone_args": {"nb": 100000}}, "backbone_args.nb must be between"),
+    "fsrcnn m zero": ({"backbone": "fsrcnn", "backbone_args": {"m": 0}}, "backbone_args.m must be between"),
+    "scale float": ({"scale": 4.0}, "scale must be a whole number"),
+    "scale text": ({"scale": "4"}, "scale must be a whole number"),
+    "scale zero": ({"scale": 0}, "scale must be between 1 and 16"),
+    "scale huge": ({"scale": 1000}, "scale must be between 1 and 16"),
+    "one upsampler": ({"upsamplers": [[4]]}, "at least 2 upsamplers"),
+    "upsamplers not a list": ({"upsamplers": 4}, "upsamplers must be a list"),
+    "too many upsamplers": ({"upsamplers": [[4]] * 17}, "at most 16"),
+    "upsampler width text": ({"upsamplers": [[4], ["8"]]}, "upsamplers[1][0] must be a whole number"),
+    "upsampler width zero": ({"upsamplers": [[4], [0]]}, "upsamplers[1][0] must be between 1 and 4096"),
+    "upsampler width huge": ({"upsamplers": [[4], [1 << 30]]}, "upsamplers[1][0] must be between 1 and 4096"),
+    "upsampler too many layers": ({"upsamplers": [[4], [8] * 17]}, "17 hidden layers"),
+    "classifier not a list": ({"classifier": "abc"}, "classifier must be a list"),
+    "classifier width negative": ({"classifier": [-4]}, "classifier[0] must be between"),
+    "mean of two": ({"mean": [0.1, 0.2]}, "mean needs 3 values"),
+    "mean nan": ({"mean": [0.1, float("nan"), 0.2]}, "mean needs 3 finite numbers"),
+    "mean inf": ({"mean": [0.1, float("inf"), 0.2]}, "mean needs 3 finite numbers"),
+    "mean text": ({"mean": ["a", "b", "c"]}, "mean needs 3 finite numbers"),
+    "no backbone": ({"backbone": None}, "backbone"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+def test_every_spec_field_is_checked(case):
+    change, words = BAD_SPECS[case]
+    d = None if change is None else {**GOOD, **change}
+    if d is not None and d.get("backbone", 1) is None:
+        del d["backbone"]
+    with pytest.raises(WeightsError, match="^[^\n]*$") as e:
+        ModelSpec.from_dict(d)
+    assert words in str(e.value)
+
+
+def test_specs_in_bounds_are_accepted():
+    spec = ModelSpec.from_dict({**GOOD, "backbone_args": {"nf": 1024, "groups": 1024}, "scale": 16,
+                                "upsamplers": [[4096] * 16, [1]] + [[2]] * 14, "mean": [0, 1, -2.5]})
+    assert spec.backbone_args == {"nf": 1024, "groups": 1024} and spec.mean == (0.0, 1.0, -2.5)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_backbone_bounds_cover_every_backbone_option():
+    """The bounds table names exactly each backbone's config fields, with the same defaults."""
+    from dataclasses import fields
+    from pcsr.models.backbones import BACKBONES
+    from pcsr.models.specs import BACKBONE_OPTIONS
+    assert set(BACKBONE_OPTIONS) == set(BACKBONES)
+    for name, (cfg, _) in BACKBONES.items():
+        assert {f.name: f.default for f in fields(cfg)} == {k: v[0] for k, v in BACKBONE_OPTIONS[name].items()}
+
+
+def write_model(path: Path, tensors: dict, spec, info: str | None = None, fmt: str = "1") -> Path:
+    from safetensors.torch import save_file
+    meta = {"pcsr_format": fmt, "spec": spec if isinstance(spec, str) else json.dumps(spec)}
+    if info is not None:
+        meta["info"] = info
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def good_tensors() -> dict:
+    return {k: v.clone() for k, v in build_model(SPEC).state_dict().items()}
+
+
+def raw_safetensors(path: Path, header: bytes, data: bytes = b"") -> Path:
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+@pytest.fixture
+def never_built(monkeypatch):
+    """Fails the test if a network is built anywhere but on the meta device (nothing allocated)."""
+    real = weights.build_model
+
+    def build(spec):
+        assert torch.get_default_device().type == "meta", f"a model was allocated for {spec}"
+        return real(spec)
+
+    monkeypatch.setattr(weights, "build_model", build)
+
+
+def _too_big_header(p):
+    return raw_safetensors(p, b"{" + b" " * (5 << 20) + b"}")
+
+
+def _length_beyond_the_file(p):
+    return raw_safetensors(p, b"{}")  # then the length is patched below
+
+
+BAD_FILES = {  # name: (make(path) -> path, words the message must hold)
+    "header of 5 MB": (_too_big_header, "header"),
+    "length of an exabyte": (lambda p: (p.write_bytes(struct.pack("<Q", 1 << 60) + b"{}"), p)[1], "header"),
+    "length past the end": (lambda p: (p.write_bytes(struct.pack("<Q", 1000) + b"{}"), p)[1], "truncated header"),
+    "header not JSON": (lambda p: raw_safetensors(p, b"\xff\xfe{"), "not a readable"),
+    "header a list": (lambda p: raw_safetensors(p, b"[1, 2]"), "not a JSON object"),
+    "header deeply nested": (lambda p: raw_safetensors(p, b'{"__metadata__": ' + b"[" * 100000 + b"]" * 100000
+                                                        + b"}"), "nested deeper"),
+    "spec deeply nested": (lambda p: write_model(p, good_tensors(), "[" * 100000 + "]" * 100000), "nested deeper"),
+    "info deeply nested": (lambda p: write_model(p, good_tensors(), GOOD, info="{\"a\":" * 5000 + "1" + "}" * 5000),
+                           "nested deeper"),
+    "spec not JSON": (lambda p: write_model(p, good_tensors(), "{backbone: carn"), "damaged model metadata"),
+    "spec a list": (lambda p: write_model(p, good_tensors(), [1, 2]), "expected a JSON object"),
+    "4 TB layer": (lambda p: write_model(p, good_tensors(), {**GOOD, "backbone_args": {"nf": 1 << 22, "groups": 4}}),
+                   "between 1 and 1024"),
+    "in bounds but far larger than its tensors": (
+        lambda p: write_model(p, good_tensors(), {**GOOD, "backbone": "msrresnet",
+                                                  "backbone_args": {"nf": 1024, "nb": 256}}), "do not fit"),
+    "missing tensor": (lambda p: write_model(p, {k: v for k, v in list(good_tensors().items())[1:]}, GOOD),
+                       "missing ['backbone.entry.weight']"),
+    "unexpected tensor": (lambda p: write_model(p, {**good_tensors(), "evil": torch.zeros(3)}, GOOD),
+                          "unexpected ['evil']"),
+    "wrong shape": (lambda p: write_model(p, {**good_tensors(), "backbone.entry.weight": torch.zeros(8, 3, 5, 5)},
+                                          GOOD), "backbone.entry.weight has shape [8, 3, 5, 5]"),
+    "integer weights": (lambda p: write_model(p, {**good_tensors(), "backbone.entry.bias": torch.zeros(8,
+                                                                                             dtype=torch.int32)},
+                                              GOOD), "backbone.entry.bias is torch.int32"),
+    "bad tensor entry": (lambda p: raw_safetensors(
+        p, json.dumps({"__metadata__": {"pcsr_format": "1", "spec": json.dumps(GOOD)},
+                       "w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 1 << 42]}}).encode()),
+        "bad entry for 'w'"),
+    "metadata not text": (lambda p: raw_safetensors(p, json.dumps({"__metadata__": {"spec": {"a": 1}}}).encode()),
+                          "not a mapping of text"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_hostile_model_files_are_one_line_and_never_allocated(tmp_path, never_built, case):
+    make, words = BAD_FILES[case]
+    path = make(tmp_path / "m.safetensors")
+    with pytest.raises(WeightsError) as e:
+        weights.load(path)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(str(path)) and words in message, message
+    assert len(message) < 400
+
+
+def test_half_precision_weights_are_accepted(tmp_path):
+    """Floating parameters may be stored in any float dtype: loading casts them."""
+    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in good_tensors().items()}
+    net, _ = weights.load(write_model(tmp_path / "m.safetensors", tensors, GOOD))
+    assert net.backbone.entry.weight.dtype == torch.float32
+
+
+def test_json_depth_ignores_brackets_in_strings():
+    assert weights.json_depth('{"a": "[[[[{{{{", "b": [1, [2]]}') == 3
+    assert weights.json_depth('"\\"[[["') == 0
+    assert weights.json_depth("[" * 50 + "]" * 50) == 50
+
+
+def _reference(tmp_path: Path, obj, name="ref.pth") -> Path:
+    path = tmp_path / name
+    torch.save(obj, path)
+    return path
+
+
+def _carn_reference(**changes):
+    sd = {"entry.weight": torch.zeros(8, 3, 3, 3)}
+    model = {"name": "carn", "args": {"nf": 8, "scale": 4}, "sd": sd, **changes}
+    return {"model": model}
+
+
+BAD_REFERENCES = {  # name: (checkpoint object or raw bytes, words the message must hold)
+    "garbage bytes": (b"\x80\x04garbage that is no pickle", "cannot read checkpoint"),
+    "zip garbage": (b"PK\x03\x04" + bytes(200), "cannot read checkpoint"),
+    "not a dict": ([torch.zeros(2)], "not a mapping"),
+    "no model": ({"state_dict": {}}, "missing 'model'"),
+    "model a tensor": ({"model": torch.zeros(2)}, "model is a Tensor"),
+    "no sd": ({"model": {"name": "carn", "args": {}}}, "missing 'sd'"),
+    "name not text": (_carn_reference(name=3), "model.name is a int"),
+    "args a list": (_carn_reference(args=[1]), "model.args is a list"),
+    "sd of numbers": (_carn_reference(sd={"entry.weight": 3}), "is not a tensor"),
+    "width as text": (_carn_reference(args={"nf": "many"}), "ValueError"),
+    "width huge": (_carn_reference(args={"nf": 1 << 30}), "between 1 and 1024"),
+    "scale huge": (_carn_reference(args={"nf": 8, "scale": 1 << 20}), "between 1 and 16"),
+    "unknown model": (_carn_reference(name="edsr"), "unknown reference model 'edsr'"),
+    "pcsr without encoder": ({"model": {"name": "pcsr", "args": {}, "sd": {}}}, "missing 'encoder_spec'"),
+    "pcsr foreign backbone": ({"model": {"name": "pcsr", "args": {"encoder_spec": {"name": "vgg", "args": {}}},
+                                         "sd": {}}}, "'vgg' is not supported"),
+    "tensors of the wrong shape": (_carn_reference(), "do not fit"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REFERENCES))
+def test_malformed_reference_checkpoints(tmp_path, never_built, case):
+    obj, words = BAD_REFERENCES[case]
+    if isinstance(obj, bytes):
+        path = tmp_path / "ref.pth"
+        path.write_bytes(obj)
+    else:
+        path = _reference(tmp_path, obj)
+    with pytest.raises(WeightsError) as e:
+        weights.load(path)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(str(path)) and words in message, message
+
+
+def test_reference_checkpoints_never_unpickle_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": Evil()}, path, _use_new_zipfile_serialization=True)
+    with pytest.raises(WeightsError, match="evil.pth: cannot read checkpoint"):
+        weights.load(path)
