@@ -1,10 +1,11 @@
 """The inference form of CARN (fp32 and reduced precision) computes the plain module's function."""
 import pytest
 import torch
+from conftest import infer
 
 from pcsr import api
 from pcsr.models.backbones import CARN, CARNConfig
-from pcsr.models.fast_carn import (FastCARN, _AccumulatingCascade, _ChainedCascade, chained_fp32_works,
+from pcsr.engines.fast_carn import (FastCARN, _AccumulatingCascade, _ChainedCascade, chained_fp32_works,
                                    fused_conv_works)
 from pcsr.models.pcsr import PCSR, Routing
 from pcsr.models.specs import ModelSpec
@@ -52,14 +53,14 @@ def test_model_uses_the_fast_form_and_leaves_the_net_alone():
     fp32 = api.Model(net, device="cpu", precision="fp32")
     bf16 = api.Model(net, device="cpu", precision="bf16")
     # fp32: the chained form where oneDNN's fused convolutions run, else the plain module
-    assert isinstance(fp32.net.backbone, FastCARN if chained_fp32_works(torch.device("cpu")) else CARN)
-    assert isinstance(bf16.net.backbone, FastCARN)
+    assert isinstance(fp32.engine.backbone, FastCARN if chained_fp32_works(torch.device("cpu")) else CARN)
+    assert isinstance(bf16.engine.backbone, FastCARN)
     chained = fused_conv_works(torch.bfloat16)  # bf16: the chain where oneDNN's fused ops run (AVX512/AMX)
-    assert isinstance(bf16.net.backbone.cascade, _ChainedCascade if chained else _AccumulatingCascade)
+    assert isinstance(bf16.engine.backbone.cascade, _ChainedCascade if chained else _AccumulatingCascade)
     assert isinstance(net.backbone, CARN)
     lr = torch.rand(1, 3, 12, 15)
     with torch.inference_mode():
-        plain = net.infer(lr, routing_=Routing(budget=1.0)).sr
+        plain = infer(net, lr, routing_=Routing(budget=1.0)).sr
     a = fp32.run(lr, Routing(budget=1.0)).sr
     b = bf16.run(lr, Routing(budget=1.0)).sr
     assert b.shape == a.shape == (1, 3, 48, 60)

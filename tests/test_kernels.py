@@ -2,8 +2,10 @@
 plain modules, and the torch fallback."""
 import pytest
 import torch
+from conftest import infer
 
-from pcsr import kernels
+from pcsr.engines import fast_carn, kernels
+from pcsr.engines.cpu import CpuEngine, CpuTuning
 from pcsr.models.heads import MLP, SubpixelQueries
 from pcsr.models.pcsr import Routing
 
@@ -12,6 +14,11 @@ from test_models import tiny_pcsr
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason="the C kernel is not built or not for this CPU")
 needs_bf16 = pytest.mark.skipif(not kernels.bf16_available(),
                                 reason="the bf16 kernel is not built or this CPU has no AVX512-BF16")
+
+
+def cpu_engine(precision: str = "fp32") -> CpuEngine:
+    """A CPU engine whose head steps the tests call on MLPs of their own."""
+    return CpuEngine(tiny_pcsr(), torch.device("cpu"), precision)
 
 
 def plain_rows(q: SubpixelQueries, mlp: MLP) -> torch.Tensor:
@@ -117,13 +124,13 @@ def test_heads_use_the_kernel_only_where_it_applies():
     torch.manual_seed(0)
     q = SubpixelQueries(torch.randn(1, 4, 3, 3), 2)
     mlp = MLP(8, (8,), 3)
+    eng = cpu_engine()
     with torch.inference_mode():
-        assert q.fused(mlp) is not None
-        assert (q.fused(mlp, torch.bfloat16) is None) is not kernels.bf16_available()
-        assert q.fused(mlp, torch.float16) is None
-        assert q.fused(MLP(8, (200,), 3)) is None
-    with torch.enable_grad():
-        assert q.fused(mlp) is None
+        assert eng.fused(q, mlp) is not None
+        assert (eng.fused(q, mlp, torch.bfloat16) is None) is not kernels.bf16_available()
+        assert eng.fused(q, mlp, torch.float16) is None
+        assert eng.fused(q, MLP(8, (200,), 3)) is None
+    assert CpuEngine(tiny_pcsr(), torch.device("cpu"), "fp32", CpuTuning(use_kernels=False)).fused(q, mlp) is None
 
 
 @needs_kernel
@@ -135,11 +142,11 @@ def test_pcsr_inference_with_and_without_the_kernel(monkeypatch, light_share):
     lr = torch.rand(2, 3, 6, 7)
     g = torch.Generator().manual_seed(1)
     classes = (torch.rand(2, 24, 28, generator=g) >= light_share).to(torch.uint8)
-    fast = net.infer(lr, routing_=Routing(), classes=classes)
-    fast_own = net.infer(lr, routing_=Routing(k=0.0), return_prob=True)
+    fast = infer(net, lr, routing_=Routing(), classes=classes)
+    fast_own = infer(net, lr, routing_=Routing(k=0.0), return_prob=True)
     monkeypatch.setattr(kernels, "available", lambda: False)
-    slow = net.infer(lr, routing_=Routing(), classes=classes)
-    slow_own = net.infer(lr, routing_=Routing(k=0.0), return_prob=True)
+    slow = infer(net, lr, routing_=Routing(), classes=classes)
+    slow_own = infer(net, lr, routing_=Routing(k=0.0), return_prob=True)
     assert torch.equal(fast.classes, classes) and fast.counts == slow.counts
     assert (fast.sr - slow.sr).abs().max() < 1e-5
     assert (fast_own.prob - slow_own.prob).abs().max() < 1e-6
@@ -203,11 +210,10 @@ def test_pcsr_bf16_inference_with_and_without_the_kernel(monkeypatch):
     net = tiny_pcsr(upsamplers=((4,), (8, 8)))
     lr = torch.rand(2, 3, 6, 7)
     classes = (torch.rand(2, 24, 28, generator=torch.Generator().manual_seed(3)) >= 0.5).to(torch.uint8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        fast = net.infer(lr, routing_=Routing(), classes=classes)
-        monkeypatch.setattr(kernels, "bf16_available", lambda: False)
-        slow = net.infer(lr, routing_=Routing(), classes=classes)
-    ref = net.infer(lr, routing_=Routing(), classes=classes)  # fp32
+    fast = infer(net, lr, routing_=Routing(), classes=classes, precision="bf16")
+    monkeypatch.setattr(kernels, "bf16_available", lambda: False)
+    slow = infer(net, lr, routing_=Routing(), classes=classes, precision="bf16")
+    ref = infer(net, lr, routing_=Routing(), classes=classes)  # fp32
     assert torch.equal(fast.classes, classes) and fast.counts == slow.counts and fast.flops == slow.flops
     assert fast.sr.dtype == torch.float32
     err_kernel, err_torch = (fast.sr - ref.sr).abs().max(), (slow.sr - ref.sr).abs().max()
@@ -221,12 +227,13 @@ def test_torch_fallback_where_the_kernel_is_missing(monkeypatch):
     mlp = MLP(9, (12, 12), 3)
     want = plain_rows(q, mlp)
     monkeypatch.setattr(kernels, "available", lambda: False)
+    eng = cpu_engine()
     with torch.inference_mode():
-        assert q.fused(mlp) is None
-        got = q.run(mlp)
+        assert eng.fused(q, mlp) is None
+        got = eng.mlp_rows(q, mlp)
         out = torch.zeros(q.rows, 3)
-        rows, split = q.select((torch.arange(q.rows) % 2).to(torch.uint8), 1)
-        q.scatter(mlp, rows, split, out)
+        rows, split = eng.select(q, (torch.arange(q.rows) % 2).to(torch.uint8), 1)
+        eng.scatter(q, mlp, rows, split, out)
     assert (got - want).abs().max() < 1e-5
     assert (out[rows] - want[rows]).abs().max() < 1e-5
     assert torch.equal(out[torch.arange(0, q.rows, 2)], torch.zeros(q.rows // 2, 3))
@@ -276,7 +283,7 @@ def test_fast_carn_with_and_without_the_grouped_kernel():
     from pcsr.models.backbones import build_backbone
     torch.manual_seed(0)
     carn = build_backbone("carn", {"nf": 52, "groups": 4}, scale=None).eval()
-    fast = carn.inference_form(torch.float32)
+    fast = fast_carn.inference_form(carn, torch.float32)
     convs = [c for b in fast.blocks for c in (b.conv1, b.conv2)]
     assert all(c.kernel is not None and c.kernel.supported for c in convs)
     x = torch.rand(1, 3, 11, 17).contiguous(memory_format=torch.channels_last)

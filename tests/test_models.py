@@ -1,6 +1,7 @@
 """Tiny random models: the two query paths agree, FLOPs follow the paper's convention, shapes hold."""
 import pytest
 import torch
+from conftest import infer
 
 from pcsr import flops as fl
 from pcsr.models.heads import MLP
@@ -32,8 +33,8 @@ def tiny_pcsr(backbone="carn", upsamplers=((4,), (8, 8)), classifier=(4,), mean=
 def test_subpixel_path_equals_query_path(backbone, scale):
     net = tiny_pcsr(backbone)
     lr = torch.rand(2, 3, 7, 9)
-    a = net.infer(lr, scale=scale, routing_=Routing(k=0.0), path="subpixel", return_prob=True)
-    b = net.infer(lr, scale=scale, routing_=Routing(k=0.0), path="query", return_prob=True)
+    a = infer(net, lr, scale=scale, routing_=Routing(k=0.0), path="subpixel", return_prob=True)
+    b = infer(net, lr, scale=scale, routing_=Routing(k=0.0), path="query", return_prob=True)
     assert a.sr.shape == (2, 3, 7 * scale, 9 * scale)
     assert torch.allclose(a.prob, b.prob, atol=1e-5)
     agree = (a.classes == b.classes).float().mean()
@@ -53,8 +54,8 @@ def test_dense_and_gathered_cheapest_upsampler_agree_with_query_path(light_share
     m = len(upsamplers)
     classes = torch.where(torch.rand(2, 24, 28, generator=g) < light_share, 0,
                           torch.randint(1, m, (2, 24, 28), generator=g)).to(torch.uint8)
-    a = net.infer(lr, routing_=Routing(refine=False), classes=classes, path="subpixel")
-    b = net.infer(lr, routing_=Routing(refine=False), classes=classes, path="query")
+    a = infer(net, lr, routing_=Routing(refine=False), classes=classes, path="subpixel")
+    b = infer(net, lr, routing_=Routing(refine=False), classes=classes, path="query")
     assert torch.equal(a.classes, classes) and a.counts == b.counts
     assert (a.sr - b.sr).abs().max() < 1e-4
 
@@ -62,7 +63,7 @@ def test_dense_and_gathered_cheapest_upsampler_agree_with_query_path(light_share
 def test_non_integer_output_size_uses_query_path():
     net = tiny_pcsr()
     lr = torch.rand(1, 3, 6, 8)
-    res = net.infer(lr, out_size=(15, 20))
+    res = infer(net, lr, out_size=(15, 20))
     assert res.sr.shape == (1, 3, 15, 20) and res.classes.shape == (1, 15, 20)
     assert sum(res.counts[0]) == 15 * 20
 
@@ -72,7 +73,7 @@ def test_training_forward_matches_inference_when_all_heavy():
     lr = torch.rand(1, 3, 5, 6)
     pred, prob = net(lr, scale=4, heavy_only=True)
     assert prob is None
-    res = net.infer(lr, routing_=Routing(budget=1.0, refine=False))
+    res = infer(net, lr, routing_=Routing(budget=1.0, refine=False))
     assert torch.allclose(pred, res.sr, atol=1e-5)
     mix, prob = net(lr, scale=4)
     assert prob.shape == (1, 2, 20, 24) and torch.allclose(prob.sum(1), torch.ones(1, 20, 24), atol=1e-5)
@@ -93,10 +94,10 @@ def test_query_training_forward_matches_subpixel():
 def test_more_than_two_upsamplers():
     net = tiny_pcsr(upsamplers=((2,), (4,), (8, 8)))
     lr = torch.rand(1, 3, 6, 6)
-    res = net.infer(lr, routing_=Routing(k=0.0), return_prob=True)
+    res = infer(net, lr, routing_=Routing(k=0.0), return_prob=True)
     assert res.prob.shape[1] == 3 and int(res.classes.max()) <= 2
     assert sum(res.counts[0]) == 24 * 24
-    res = net.infer(lr, routing_=Routing(budget=0.25))
+    res = infer(net, lr, routing_=Routing(budget=0.25))
     assert res.counts[0][2] == round(0.25 * 24 * 24)
 
 
@@ -112,7 +113,7 @@ def test_flops_follow_the_paper_convention():
     assert net.backbone.flops(h, w) == bb
     c = d + 4
     light, heavy, cls = 2 * (c * 3 + 3 * 3), 2 * (c * 5 + 5 * 5 + 5 * 3), 2 * c * 2
-    res = net.infer(torch.rand(1, 3, h, w), routing_=Routing(k=0.0))
+    res = infer(net, torch.rand(1, 3, h, w), routing_=Routing(k=0.0))
     n_light, n_heavy = res.counts[0]
     assert n_light + n_heavy == 480
     assert res.flops[0] == bb + cls * 480 + light * n_light + heavy * n_heavy
@@ -123,7 +124,7 @@ def test_original_model_flops_and_shapes():
     spec = ModelSpec(backbone="fsrcnn", backbone_args={"d": 8, "s": 4, "m": 1}, scale=4)
     net = build_model(spec).eval()
     assert isinstance(net, OriginalSR)
-    res = net.infer(torch.rand(1, 3, 5, 6))
+    res = infer(net, torch.rand(1, 3, 5, 6))
     assert res.sr.shape == (1, 3, 20, 24) and res.classes is None
     tail = 2 * 81 * 8 * 3 * 20 * 24  # transposed conv counted at its output positions
     assert res.flops[0] == res.max_flops[0] == net.backbone.flops(5, 6)
@@ -133,7 +134,7 @@ def test_original_model_flops_and_shapes():
     for name, args in BACKBONES.items():
         for scale in (2, 3, 4):
             net = build_model(ModelSpec(backbone=name, backbone_args=args, scale=scale)).eval()
-            assert net.infer(torch.rand(1, 3, 4, 5)).sr.shape == (1, 3, 4 * scale, 5 * scale)
+            assert infer(net, torch.rand(1, 3, 4, 5)).sr.shape == (1, 3, 4 * scale, 5 * scale)
 
 
 def test_carn_flops_count_batchnorm_and_shared_unit():
@@ -181,24 +182,26 @@ def test_fast_heads_match_the_modules_on_every_row_and_on_rows_in_any_order(dtyp
     """The fast path (grouped narrow layers in bf16, gathered rows a sub-pixel at a time, in fp32
     from gathered first-layer projections when rows are many) computes the MLP that the plain
     modules compute, for all rows and for any subset in any order, few or many."""
+    from pcsr.engines.cpu import CpuEngine
     from pcsr.models.heads import SubpixelQueries
     torch.manual_seed(2)
     feat = torch.randn(2, 8, 5, 6)
     q = SubpixelQueries(feat, 4)
+    eng = CpuEngine(tiny_pcsr(), torch.device("cpu"), "fp32")
     tol = 1e-5 if dtype == torch.float32 else 0.05
     for mlp in (MLP(12, (20, 20), 3), MLP(12, (10,), 2), MLP(12, (), 3)):
-        with torch.no_grad():
-            want = q.run(mlp)  # autograd off and no dtype: the fast path in fp32; compare with modules
+        with torch.inference_mode():
+            want = eng.mlp_rows(q, mlp)  # the engine's fast path in fp32; compare with the modules
         with torch.enable_grad():
             plain = q.run(mlp).detach()
         assert torch.allclose(want, plain, atol=1e-5)
         with torch.inference_mode():
-            dense = q.run(mlp, dtype=dtype).float()
+            dense = eng.mlp_rows(q, mlp, dtype=dtype).float()
             rows = torch.randperm(q.rows, generator=torch.Generator().manual_seed(3))[: q.rows // 3]
-            some = q.run(mlp, rows, dtype=dtype).float()  # 5.3 rows per LR pixel
-            few = q.run(mlp, rows[: q.rows // 10], dtype=dtype).float()  # 1.6
-            picked = q.select((torch.arange(q.rows) % 3 == 0).to(torch.uint8), 1)
-            selected = q.run(mlp, picked[1], dtype=dtype).float()
+            some = eng.mlp_rows(q, mlp, rows, dtype=dtype).float()  # 5.3 rows per LR pixel
+            few = eng.mlp_rows(q, mlp, rows[: q.rows // 10], dtype=dtype).float()  # 1.6
+            picked = eng.select(q, (torch.arange(q.rows) % 3 == 0).to(torch.uint8), 1)
+            selected = eng.mlp_rows(q, mlp, picked[1], dtype=dtype).float()
             picked_rows = torch.arange(0, q.rows, 3) if picked[0] is None else picked[0]  # None: left to a kernel
         assert (dense - plain).abs().max() <= tol * plain.abs().max()
         assert (some - plain[rows]).abs().max() <= tol * plain.abs().max()

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import infer
 
 from pcsr import api, weights
 from pcsr.eval import evaluate, hr_tensor, make_lr
@@ -36,7 +37,7 @@ def test_lr_equals_reference_lr(crop):
 @pytest.mark.parametrize("net", ["carn-x4", "fsrcnn-x4"])
 def test_original_models_match(official, crop, net):
     model, _ = weights.load(official / f"{net}.pth")
-    sr = model.infer(torch.from_numpy(crop["lr"])[None]).sr[0]
+    sr = infer(model, torch.from_numpy(crop["lr"])[None]).sr[0]
     assert (sr - torch.from_numpy(crop[f"{net}/sr"])).abs().max() <= 1e-4
 
 
@@ -60,7 +61,7 @@ def test_pcsr_class_maps_and_images_match(official, crop, name, path):
     checked = 0
     for setting in SETTINGS:
         for refine in ("norefine", "refine"):
-            res = net.infer(lr, routing_=routing_for(setting, refine), path=path, return_prob=True)
+            res = infer(net, lr, routing_=routing_for(setting, refine), path=path, return_prob=True)
             if setting == "k0" and refine == "norefine":
                 assert np.abs(res.prob[0, 1].numpy() - prob_ref).max() < 1e-4
             ours = res.classes[0].numpy().astype(np.int64)

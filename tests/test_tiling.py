@@ -42,7 +42,7 @@ def mixed_model(spec: ModelSpec, seed: int = 0) -> Model:
     lr = lr_image(seed + 7).unsqueeze(0)
 
     def margin():
-        p = tiling._class_probabilities(model, lr)[0]
+        p = model.class_prob(lr, scale=model.scale)[0]
         return torch.log(p[-1]) - torch.log(p[:-1].max(0).values)
 
     with torch.no_grad():
@@ -265,15 +265,17 @@ def test_api_upscale_tiles_large_images_like_the_command(models, name, rule):
     img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     kwargs = {"budget": 0.3} if rule == "budget" else {"k": 0.0}
     whole = model.upscale(img, tile=0, **kwargs)
-    tiled = model.upscale(img, tile=10, **kwargs)
+    tiled = model.upscale(img, tile=16, **kwargs)  # the smallest tile the API takes: 3 x 2 tiles here
     a, b = np.asarray(whole.image).astype(int), np.asarray(tiled.image).astype(int)
     assert a.shape == b.shape == (H * model.scale, W * model.scale, 3)
     assert np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
-    assert np.array_equal(tiled.sr, np.asarray(tiled.image, dtype=np.float32) / 255)
+    assert np.array_equal(tiled.pixels, np.asarray(tiled.image))
+    with pytest.raises(PcsrError, match="at least 16"):
+        model.upscale(img, tile=10, **kwargs)
     if whole.class_map is None:
         assert tiled.class_map is None
     else:
         assert np.array_equal(whole.class_map, tiled.class_map)
     assert (tiled.flops, tiled.max_flops) == (whole.flops, whole.max_flops)
     untiled_by_default = model.upscale(img, **kwargs)  # the automatic side is far above this image's
-    assert np.array_equal(untiled_by_default.sr, whole.sr)
+    assert np.array_equal(untiled_by_default.pixels, whole.pixels)

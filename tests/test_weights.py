@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import infer
 
 from pcsr import weights
 from pcsr.errors import WeightsError
@@ -19,7 +20,7 @@ def test_save_load_round_trip(tmp_path):
     for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
     lr = torch.rand(1, 3, 6, 7)
-    assert torch.equal(net.infer(lr).sr, loaded.infer(lr).sr)
+    assert torch.equal(infer(net, lr).sr, infer(loaded, lr).sr)
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left
 
 

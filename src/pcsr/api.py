@@ -1,178 +1,140 @@
-"""The public API: `pcsr.load()` gives a `Model` whose `upscale()` takes a picture and gives one back."""
+"""The public API: `pcsr.load()` gives a `Model` whose `upscale()` takes what `pcsr upscale` reads
+(a path, a PIL image of any mode, a uint8/uint16 array) and gives back what it writes.
+
+A thin face over the inference core (pcsr.core): the same engine, tiling, routing decisions,
+memory handling and accounting as the command, and only pcsr's own exceptions.
+"""
 from __future__ import annotations
 
-import contextlib
-import copy
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from . import weights
-from .errors import PcsrError
-from .models.pcsr import Routing, SRResult
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PcsrError("--device cuda: no CUDA device is available")
-    return torch.device(device)
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products run natively: AMX / AVX512-BF16 CPUs, or CUDA with bf16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
-def emulated_bf16(device: torch.device) -> str:
-    """Why bf16 is a bad choice on `device` ("" where it runs natively)."""
-    if fast_bf16(device):
-        return ""
-    return f"this {device.type.upper()} has no native bfloat16: bf16 is emulated and many times slower than fp32 here"
-
-
-def choose_precision(device: torch.device, info: dict) -> str:
-    """`--precision auto`: a reduced precision only where it was measured to cost at most 0.01 dB and
-    1 % of the FLOPs for this model (`info["reduced_precision_ok"]`, written by benchmarks/precision.py),
-    and only where the hardware runs it fast; fp32 otherwise."""
-    ok = info.get("reduced_precision_ok", [])
-    if device.type == "cuda" and "fp16" in ok:
-        return "fp16"
-    if "bf16" in ok and fast_bf16(device):
-        return "bf16"
-    return "fp32"
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def with_inference_backbone(net: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A copy of `net` whose backbone is its fast inference form in `dtype`, if it has one (CARN: in
-    fp32 the same function to float rounding, a few 1e-7 relative; `net` itself is left alone)."""
-    fast = net.backbone.inference_form(dtype)
-    if fast is net.backbone:
-        return net
-    clone = copy.deepcopy(net)
-    clone.backbone = fast
-    return clone
-
-
-def autocast(device: torch.device, precision: str):
-    """Reduced precision by autocast (weights stay fp32); fp32 is a no-op context."""
-    if precision in ("fp32", "auto"):
-        return contextlib.nullcontext()
-    dtype = DTYPES.get(precision)
-    if dtype is None:
-        raise PcsrError(f"unknown precision {precision!r} (fp32, bf16, fp16)")
-    if dtype == torch.float16 and device.type != "cuda":
-        raise PcsrError("fp16 needs a CUDA device; use bf16 on a CPU")
-    return torch.autocast(device.type, dtype=dtype)
+from . import imageio, weights
+from .core import Core, Result
+from .device import autocast, emulated_bf16, fast_bf16, pick_device  # noqa: F401  (public helpers)
+from .engines import is_out_of_memory
+from .errors import ImageError, PcsrError
+from .models.pcsr import Routing
 
 
 @dataclass
 class Upscaled:
-    image: Image.Image                 # the result, 8-bit RGB
-    sr: np.ndarray                     # float32 HxWx3 in [0, 1], before 8-bit rounding (after it, if tiled)
-    class_map: np.ndarray | None       # HxW uint8, 0 = cheapest upsampler; None for original models
+    """An upscaled image: its samples at the input's bit depth, and where the compute went."""
+
+    pixels: np.ndarray             # (H, W, 3) RGB or (H, W, 1) gray, uint8 or uint16
+    alpha: np.ndarray | None       # (H, W) same dtype, or None
+    mode: str                      # "L", "LA", "RGB" or "RGBA", as the input
+    bits: int                      # 8 or 16, as the input
+    class_map: np.ndarray | None   # (H, W) uint8, 0 = cheapest upsampler; None for an original model
+    counts: list[int] | None       # output pixels per class, cheapest first
     flops: int
-    max_flops: int
+    max_flops: int                 # every pixel on the costliest upsampler
+    heavy_fraction: float | None   # share of pixels on the costliest upsampler (from counts)
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
 
     @property
-    def heavy_fraction(self) -> float | None:
-        if self.class_map is None:
-            return None
-        return float((self.class_map > 0).mean())
-
-
-class Model:
-    """A loaded network with its device and precision."""
-
-    def __init__(self, net: torch.nn.Module, info: dict | None = None, device: str = "auto",
-                 precision: str = "fp32", name: str | None = None):
-        self.device = pick_device(device)
-        self.info = info or {}
-        self.precision = choose_precision(self.device, self.info) if precision == "auto" else precision
-        autocast(self.device, self.precision)  # validates the name and the device early
-        if self.precision == "bf16" and (why := emulated_bf16(self.device)):
-            warnings.warn(f"{why} (use --precision auto)", stacklevel=2)
-        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
-        self.net = with_inference_backbone(self.net, DTYPES[self.precision])
-        self.name = name
+    def array(self) -> np.ndarray:
+        """HxW, HxWx2, HxWx3 or HxWx4, as the input array was laid out."""
+        px = self.pixels[..., 0] if self.pixels.shape[2] == 1 else self.pixels
+        if self.alpha is None:
+            return px
+        return np.dstack([px, self.alpha])
 
     @property
-    def spec(self):
-        return self.net.spec
+    def image(self) -> Image.Image:
+        """The result as a PIL image. 16-bit gray is mode "I;16"; PIL has no 16-bit RGB mode, so a
+        16-bit colour result comes as its 8-bit rendering: use `array` or `save()` for all 16 bits."""
+        px, a = self.pixels, self.alpha
+        if self.bits == 16 and px.shape[2] == 1 and a is None:
+            return Image.fromarray(px[..., 0].astype(np.uint16), mode="I;16")
+        if self.bits == 16:
+            px = (px.astype(np.uint32) * 255 + 32767) // 65535
+            a = None if a is None else (a.astype(np.uint32) * 255 + 32767) // 65535
+        px = px.astype(np.uint8)
+        if px.shape[2] == 1:
+            px = px[..., 0]
+        if a is not None:
+            return Image.fromarray(np.dstack([px, a.astype(np.uint8)]), mode="LA" if px.ndim == 2 else "RGBA")
+        return Image.fromarray(px, mode="L" if px.ndim == 2 else "RGB")
 
-    @property
-    def scale(self) -> int:
-        return self.net.spec.scale
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the file `pcsr upscale` would write (format from the extension, atomically)."""
+        imageio.write_image(path, self.pixels, alpha=self.alpha, mode=self.mode, bits=self.bits,
+                            icc_profile=self.icc_profile, exif=self.exif)
 
-    @property
-    def is_pcsr(self) -> bool:
-        return self.net.spec.is_pcsr
 
-    def run(self, lr: torch.Tensor, routing: Routing | None = None, scale=None, out_size=None,
-            classes: torch.Tensor | None = None, path: str = "auto", return_prob: bool = False) -> SRResult:
-        """LR (N, 3, h, w) float in [0, 1] -> SRResult; the one inference path under every command.
-        `path` "query" forces the reference query-based heads (PCSR models)."""
-        lr = lr.to(self.device, torch.float32)
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            if self.is_pcsr:
-                res = self.net.infer(lr, scale=scale, out_size=out_size, routing_=routing, classes=classes,
-                                     path=path, return_prob=return_prob)
-            else:
-                res = self.net.infer(lr, scale=scale, out_size=out_size)
-        res.sr = res.sr.float()
-        return res
+class Model(Core):
+    """A loaded network with its device, precision and engine."""
 
     def upscale(self, image, k: float = 0.0, adaptive: bool = False, budget: float | None = None,
                 refine: bool = True, scale: float | None = None, tile: int | None = None) -> Upscaled:
-        """image: PIL.Image or HxWx3 uint8 array.
+        """image: a path (EXIF orientation applied, as the command reads it), a PIL image of any mode
+        (16-bit and alpha kept), or a uint8/uint16 array HxW, HxWx3 or HxWx4.
 
-        At the model's own scale, an image wider or taller than `tile` LR pixels (None: a side
-        that fits the free memory, as `pcsr upscale` picks it; 0: never tile) runs in tiles with
-        exact context, in bounded memory, like the command; its `sr` is then the 8-bit result / 255.
-        """
-        arr = _as_rgb_array(image)
+        Routing: `k` (cost rule; 0 = argmax, larger is cheaper), `adaptive` (k-means over the whole
+        image) or `budget` (the heavy share of pixels, 0..1); `refine` smooths the seams. `scale`
+        other than the model's resizes its result with Lanczos. An image wider or taller than
+        `tile` LR pixels (None: a side that fits the free memory; 0: never tile) runs in tiles with
+        exact context, in bounded memory."""
         routing = Routing(k=k, adaptive=adaptive, budget=budget, refine=refine)
-        if scale is None or scale == self.scale:
-            from . import tiling
-            side = tiling.auto_tile(self, tiling.required_context(self)) if tile is None else int(tile)
-            if side > 0 and max(arr.shape[:2]) > side:
-                tiled = tiling.upscale(self, torch.from_numpy(arr).permute(2, 0, 1).float().div_(255), routing,
-                                       tile=side)
-                return Upscaled(Image.fromarray(tiled.pixels), tiled.pixels.astype(np.float32) / 255,
-                                tiled.classes, int(tiled.flops), int(tiled.max_flops))
-        lr = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).float().div_(255)
-        res = self.run(lr, routing, scale=scale)
-        sr = res.sr[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-        img = Image.fromarray(np.round(sr * 255).astype(np.uint8))
-        cmap = None if res.classes is None else res.classes[0].to(torch.uint8).cpu().numpy()
-        return Upscaled(img, sr, cmap, int(res.flops[0]), int(res.max_flops[0]))
+        pic = as_picture(image)
+        try:
+            with warnings.catch_warnings():  # our own views of read-only arrays are never written to
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                res: Result = self.upscale_array(pic.rgb, routing, alpha=pic.alpha, bits=pic.bits,
+                                              gray=pic.mode in ("L", "LA"), scale=scale, tile=tile)
+        except PcsrError:
+            raise
+        except Exception as err:  # only pcsr's errors leave the API; the cause stays chained
+            if is_out_of_memory(err):
+                raise PcsrError("not enough memory for this image (try a smaller tile=)") from err
+            raise PcsrError(f"upscaling failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") \
+                from err
+        return Upscaled(res.pixels, res.alpha, pic.mode, pic.bits, res.classes, res.counts, int(res.flops),
+                        int(res.max_flops), res.heavy_fraction, pic.icc_profile, pic.exif)
 
 
-def _as_rgb_array(image) -> np.ndarray:
+def as_picture(image) -> imageio.Picture:
+    """What the API accepts, as the command's reader would give it."""
+    if isinstance(image, (str, os.PathLike)):
+        return imageio.read_image(Path(image))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
-        raise PcsrError(f"expected a PIL image or an HxWx3 uint8 array, got {arr.dtype} {arr.shape}")
-    return np.ascontiguousarray(arr[..., :3])
+        try:
+            image.load()
+        except Exception as err:
+            raise ImageError(f"the PIL image cannot be decoded ({type(err).__name__}: {err})") from None
+        return imageio._to_picture(image, "the PIL image")
+    if not isinstance(image, np.ndarray):
+        raise PcsrError(f"expected a path, a PIL image or a numpy array, got {type(image).__name__}")
+    arr = image
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise PcsrError(f"expected a uint8 or uint16 array, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (2, 3, 4))) or min(arr.shape[:2]) < 1:
+        raise PcsrError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {arr.shape}")
+    bits = 16 if arr.dtype == np.uint16 else 8
+    unit = arr.astype(np.float32) / np.float32(65535.0 if bits == 16 else 255.0)
+    if unit.ndim == 2 or unit.shape[2] == 2:
+        gray = unit if unit.ndim == 2 else unit[..., 0]
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+        alpha = None if unit.ndim == 2 else np.ascontiguousarray(unit[..., 1])
+        return imageio.Picture(rgb, alpha, "L" if alpha is None else "LA", bits, None, "")
+    alpha = np.ascontiguousarray(unit[..., 3]) if unit.shape[2] == 4 else None
+    return imageio.Picture(np.ascontiguousarray(unit[..., :3]), alpha, "RGBA" if alpha is not None else "RGB",
+                           bits, None, "")
 
 
-def load(name_or_path=None, device: str = "auto", precision: str = "auto") -> Model:
-    """A bundled model name (default: the bundled default), a .safetensors file, or a reference .pth."""
+def load(name_or_path=None, device: str = "auto", precision: str = "auto", engine: str = "auto") -> Model:
+    """A bundled model name (default: the bundled default), a .safetensors file, or a reference .pth.
+    `precision` auto: a reduced precision only where measured harmless for the model and native on
+    this hardware; `engine` auto: the fast engine of the device where there is one."""
     net, info = weights.load(name_or_path)
-    return Model(net, info, device=device, precision=precision, name=str(name_or_path or weights.DEFAULT_MODEL))
+    return Model(net, info, device=device, precision=precision, engine=engine,
+                 name=str(name_or_path or weights.DEFAULT_MODEL))

@@ -102,7 +102,8 @@ def machine() -> dict:
 def run(args) -> int:
     import torch
 
-    from . import api, kernels
+    from . import api
+    from .engines import kernels
     from .models.pcsr import Routing
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -24,3 +24,11 @@ def batchnorm(channels: int, h: int, w: int) -> int:
 
 def prelu(channels: int, h: int, w: int) -> int:
     return channels * h * w
+
+
+def heavy_fraction(counts: list[int] | None) -> float | None:
+    """The share of output pixels on the costliest upsampler, from per-class pixel counts (cheapest
+    first); None for a model without classes. The one definition every report uses."""
+    if not counts:
+        return None
+    return counts[-1] / max(1, sum(counts))

@@ -1,19 +1,11 @@
 """Routing rules: which upsampler each output pixel gets. Pure tensor functions.
 
-Classes are ordered by cost, 0 the cheapest. `prob` has the class on its last dimension.
+Classes are ordered by cost, 0 the cheapest. The cost rule itself (argmax p_j / cost_j^k) is
+`models.pcsr.PCSR.route_rows`, which applies it to logits.
 """
 from __future__ import annotations
 
 import torch
-
-from . import kernels
-
-
-def cost_rule(prob: torch.Tensor, costs: torch.Tensor, k: float) -> torch.Tensor:
-    """argmax_j p_j / cost_j^k, costs normalised to sum 1: k = 0 is plain argmax, larger k is cheaper."""
-    c = costs.to(torch.float64)
-    c = (c / c.sum()).to(prob.dtype)
-    return torch.argmax(prob / c.pow(k), dim=-1)
 
 
 def kmeans_1d(x: torch.Tensor, iters: int = 20, tol: float = 1e-4) -> torch.Tensor:
@@ -72,8 +64,6 @@ def refine(sr: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     n, c, h, w = sr.shape
     if h < 3 or w < 3:
         return sr
-    if (done := kernels.refine(sr, classes)) is not None:  # one pass in C where it applies
-        return done
     cls = classes if classes.dtype == torch.uint8 else classes.to(torch.int64)
     rows = torch.maximum(torch.maximum(cls[:, :, :-2], cls[:, :, 1:-1]), cls[:, :, 2:])
     neigh = torch.maximum(torch.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])

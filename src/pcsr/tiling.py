@@ -16,16 +16,20 @@ import gc
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from . import routing as rt
-from .api import Model, autocast
+from .engines import is_out_of_memory
 from .errors import PcsrError
+from .flops import heavy_fraction
 from .models.pcsr import Routing
 from .resize import imresize
+
+if TYPE_CHECKING:  # the core runs tiles through this module; only its type is named here
+    from .core import Core
 
 MIN_TILE = 16                 # LR pixels; below this the context dwarfs the tile
 CPU_BUDGET_CAP = 19 << 28     # 4.75 GiB estimated per tile on a CPU (CARN-PCSR: 1.7 GB measured): 8K in 4 tiles
@@ -74,12 +78,12 @@ def plan_tiles(h: int, w: int, tile: int, context: int, region: tuple[int, int, 
     return tiles
 
 
-def required_context(model: Model) -> int:
+def required_context(model: Core) -> int:
     return int(model.net.backbone.receptive_radius) + 2
 
 
 # ----------------------------------------------------------------------------- memory
-def bytes_per_lr_pixel(model: Model) -> int:
+def bytes_per_lr_pixel(model: Core) -> int:
     """A deliberately high estimate of the working memory per LR pixel of a tile.
 
     Measured on a CPU at x4, whole tiles (PCSR all heavy): CARN-PCSR 4.1 KB (this gives 5.1),
@@ -95,7 +99,7 @@ def bytes_per_lr_pixel(model: Model) -> int:
     return 2 * widest * (12 + s * s)
 
 
-def expected_peak(model: Model, h: int, w: int, tile: int | None = None, context: int | None = None) -> int:
+def expected_peak(model: Core, h: int, w: int, tile: int | None = None, context: int | None = None) -> int:
     """A typical (not worst-case) peak of working memory for the largest tile of an h x w LR
     image: what the `pcsr` command asks the heap to have ready before its first image."""
     ctx = required_context(model) if context is None else int(context)
@@ -123,7 +127,7 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def auto_tile(model: Model, context: int) -> int:
+def auto_tile(model: Core, context: int) -> int:
     """The owned tile side (LR pixels) whose tile with context fits the memory budget."""
     free = available_memory(model.device)
     if free is None:
@@ -134,13 +138,6 @@ def auto_tile(model: Model, context: int) -> int:
         budget = min(free * CPU_SHARE, CPU_BUDGET_CAP)
     side = int(math.sqrt(budget / bytes_per_lr_pixel(model))) - 2 * context
     return max(MIN_TILE, side)
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 # ----------------------------------------------------------------------------- results
@@ -159,15 +156,13 @@ class Tiled:
 
     @property
     def heavy_fraction(self) -> float | None:
-        if not self.counts:
-            return None
-        return self.counts[-1] / max(1, sum(self.counts))
+        return heavy_fraction(self.counts)
 
 
 class _Sink:
     """Where the owned part of every tile lands, quantized on the device before the copy back."""
 
-    def __init__(self, model: Model, h: int, w: int, bits: int, gray: bool, alpha: torch.Tensor | None):
+    def __init__(self, model: Core, h: int, w: int, bits: int, gray: bool, alpha: torch.Tensor | None):
         s = model.scale
         self.model, self.s, self.gray = model, s, gray
         self.top = 65535.0 if bits == 16 else 255.0
@@ -218,20 +213,10 @@ class _Sink:
 
 
 # ----------------------------------------------------------------------------- running
-def _class_probabilities(model: Model, lr: torch.Tensor) -> torch.Tensor:
-    """(1, M, H, W) classifier probabilities of a tile: the backbone and classifier only.
-
-    The same steps as PCSR.infer takes before routing, so a decision made on these is the one
-    the untiled model would make, up to float rounding."""
-    lr = lr.to(model.device, torch.float32)
-    with torch.inference_mode(), autocast(model.device, model.precision):
-        return model.net.class_prob(lr, scale=model.scale)
-
-
 class _Runner:
     """Runs a function over tiles; on running out of memory, halves the tile side and splits."""
 
-    def __init__(self, model: Model, h: int, w: int, tile: int, context: int, progress=None):
+    def __init__(self, model: Core, h: int, w: int, tile: int, context: int, progress=None):
         self.model, self.h, self.w = model, h, w
         self.tile, self.context = tile, context
         self.progress = progress
@@ -276,7 +261,7 @@ class _Runner:
             torch.cuda.empty_cache()
 
 
-def upscale(model: Model, lr: torch.Tensor, routing: Routing | None = None, *, tile: int | None = None,
+def upscale(model: Core, lr: torch.Tensor, routing: Routing | None = None, *, tile: int | None = None,
             context: int | None = None, bits: int = 8, gray: bool = False, alpha: torch.Tensor | None = None,
             progress: Callable[[int], object] | None = None) -> Tiled:
     """Upscale one LR image (3, h, w) float in [0, 1], in host memory, by the model's scale.
@@ -332,7 +317,7 @@ def _crop(lr: torch.Tensor, t: Tile) -> torch.Tensor:
     return lr[:, t.py0:t.py1, t.px0:t.px1].unsqueeze(0).contiguous()
 
 
-def _sr_tile(model: Model, lr: torch.Tensor, r: Routing, t: Tile, classes: np.ndarray | None, sink: _Sink,
+def _sr_tile(model: Core, lr: torch.Tensor, r: Routing, t: Tile, classes: np.ndarray | None, sink: _Sink,
              whole_only: bool = False) -> None:
     if whole_only and (t.y0, t.x0, t.y1, t.x1) != (0, 0, *lr.shape[1:]):
         raise _NeedsTwoPasses
@@ -345,7 +330,7 @@ def _sr_tile(model: Model, lr: torch.Tensor, r: Routing, t: Tile, classes: np.nd
     sink.put(t, res.sr[0], None if res.classes is None else res.classes[0])
 
 
-def _decide_whole(model: Model, lr: torch.Tensor, r: Routing, runner: _Runner, tiles: list[Tile]) -> np.ndarray:
+def _decide_whole(model: Core, lr: torch.Tensor, r: Routing, runner: _Runner, tiles: list[Tile]) -> np.ndarray:
     """Pass 1: the heavy class's probability everywhere; then one decision over the whole image."""
     net, s = model.net, model.scale
     _, h, w = lr.shape
@@ -355,7 +340,7 @@ def _decide_whole(model: Model, lr: torch.Tensor, r: Routing, runner: _Runner, t
     rest = np.zeros((H, W), dtype=np.uint8) if heavy > 1 else None
 
     def gather(t: Tile) -> None:
-        prob = _class_probabilities(model, _crop(lr, t))[0]
+        prob = model.class_prob(_crop(lr, t), scale=model.scale)[0]
         oy, ox = (t.y0 - t.py0) * s, (t.x0 - t.px0) * s
         hh, ww = (t.y1 - t.y0) * s, (t.x1 - t.x0) * s
         own = prob[:, oy:oy + hh, ox:ox + ww]

@@ -222,37 +222,24 @@ class Outcome:
     seconds: float
 
 
-def upscale_file(model: "api.Model", job: Job, routing, *, tile=None, pad=None, max_pixels=imageio.DEFAULT_MAX_PIXELS,
-                 progress=None, outscale: float | None = None, prepare=None) -> Outcome:
-    """Read, upscale, write one image (and its class map); raises PcsrError with a one-line reason.
-    `prepare(h, w)` runs once the LR size is known, before the network."""
-    import torch
-
-    from . import tiling
+def upscale_file(model: "core.Core", job: Job, routing, *, tile=None, pad=None,
+                 max_pixels=imageio.DEFAULT_MAX_PIXELS, progress=None, outscale: float | None = None,
+                 prepare=None) -> Outcome:
+    """Read, upscale (by the inference core), write one image and its class map; raises PcsrError
+    with a one-line reason. (`prepare` is no longer used: the core prepares memory itself.)"""
     t0 = time.perf_counter()
     pic = imageio.read_image(job.input, max_pixels=max_pixels)
-    lr = torch.from_numpy(pic.rgb).permute(2, 0, 1)  # a view: tiles are copied out one at a time
-    if prepare is not None:
-        prepare(*lr.shape[1:])
-    alpha = None if pic.alpha is None else torch.from_numpy(pic.alpha)
     try:
-        res = tiling.upscale(model, lr, routing, tile=tile, context=pad, bits=pic.bits,
-                             gray=pic.mode in ("L", "LA"), alpha=alpha, progress=progress)
+        res = model.upscale_array(pic.rgb, routing, alpha=pic.alpha, bits=pic.bits, gray=pic.mode in ("L", "LA"),
+                                  scale=outscale, tile=tile, context=pad, progress=progress)
     except PcsrError as err:
         raise PcsrError(f"{job.input}: {err}") from None
-    h, w = lr.shape[1:]
-    del lr, alpha
-    pixels, alpha_out, classes = res.pixels, res.alpha, res.classes
-    if outscale is not None and outscale != model.scale:
-        size = out_size(h, w, outscale)
-        pixels = imageio.resample(pixels, size)
-        alpha_out = None if alpha_out is None else imageio.resample(alpha_out, size)
-        classes = None if classes is None else imageio.resample(classes, size, nearest=True)
-    imageio.write_image(job.output, pixels, alpha=alpha_out, mode=pic.mode, bits=pic.bits,
+    pic.rgb = None  # the LR samples are not needed for writing
+    imageio.write_image(job.output, res.pixels, alpha=res.alpha, mode=pic.mode, bits=pic.bits,
                         icc_profile=pic.icc_profile, exif=pic.exif)
-    if job.class_map is not None and classes is not None:
-        imageio.write_image(job.class_map, tint(pixels, classes, model.net.num_classes))
-    H, W = pixels.shape[:2]
+    if job.class_map is not None and res.classes is not None:
+        imageio.write_image(job.class_map, tint(res.pixels, res.classes, model.num_classes))
+    H, W = res.pixels.shape[:2]
     return Outcome(W, H, res.flops, res.max_flops, res.heavy_fraction, time.perf_counter() - t0)
 
 
@@ -387,21 +374,22 @@ def run(args) -> int:
                                                                                              args.tile_pad))))
 
     writable: dict[str, str | None] = {}
-    for job in tqdm(mine, desc="upscale", unit="img", file=sys.stderr, disable=not bars or len(mine) < 2):
-        if job.error is None and args.outdir is None:
-            job.error = _folder_error(job.input, job.output.parent, writable)
-        if job.error is not None:
-            report.fail(str(job.input), job.output, job.error)
-            continue
-        try:
-            outcome = upscale_file(model, job, routing, tile=args.tile, pad=args.tile_pad,
-                                   max_pixels=args.max_pixels, progress=tile_bar, outscale=args.outscale,
-                                   prepare=prepare)
-        except Exception as err:  # noqa: BLE001 - one bad image must never cost the rest of the batch
-            # (KeyboardInterrupt and the signals turned into it are BaseException: they still stop the run)
-            report.fail(str(job.input), job.output, failure_reason(job.input, err))
-            continue
-        report.ok(job, outcome)
+    with imageio.exclusive_writes(not args.overwrite):  # a file another run publishes meanwhile is kept
+        for job in tqdm(mine, desc="upscale", unit="img", file=sys.stderr, disable=not bars or len(mine) < 2):
+            if job.error is None and args.outdir is None:
+                job.error = _folder_error(job.input, job.output.parent, writable)
+            if job.error is not None:
+                report.fail(str(job.input), job.output, job.error)
+                continue
+            try:
+                outcome = upscale_file(model, job, routing, tile=args.tile, pad=args.tile_pad,
+                                       max_pixels=args.max_pixels, progress=tile_bar, outscale=args.outscale,
+                                       prepare=prepare)
+            except Exception as err:  # noqa: BLE001 - one bad image must never cost the rest of the batch
+                # (KeyboardInterrupt and the signals turned into it are BaseException: they still stop the run)
+                report.fail(str(job.input), job.output, failure_reason(job.input, err))
+                continue
+            report.ok(job, outcome)
     return 1 if report.failures else 0
 
 

@@ -32,10 +32,6 @@ class Backbone(nn.Module):
         """LR pixels of context on each side that change the output of a pixel."""
         raise NotImplementedError
 
-    def inference_form(self, dtype: torch.dtype) -> nn.Module:
-        """A module computing the same function faster for inference in `dtype` (eval mode), or self."""
-        return self
-
 
 # ----------------------------------------------------------------------------- FSRCNN
 @dataclass(frozen=True)
@@ -160,12 +156,6 @@ class CARN(Backbone):
     @property
     def receptive_radius(self):
         return 1 + 3 * 3 * 2 + (2 if self.scale else 0)
-
-    def inference_form(self, dtype: torch.dtype) -> nn.Module:
-        from .fast_carn import FastCARN, chained_fp32_works
-        if dtype == torch.float32 and not chained_fp32_works(self.entry.weight.device):
-            return self
-        return FastCARN(self, dtype)
 
 
 # ----------------------------------------------------------------------------- MSRResNet

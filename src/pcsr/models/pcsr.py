@@ -1,19 +1,20 @@
 """The PCSR model (backbone + classifier + upsamplers) and the "original" SR model wrapper.
 
-Training uses `forward` (the soft mixture of every upsampler, weighted by the classifier's
-probabilities); inference uses `infer`, which routes every output pixel to one upsampler and
-runs each upsampler only on its own pixels.
+Pure modules: training uses `forward` (the soft mixture of every upsampler, weighted by the
+classifier's probabilities). Inference, which routes every output pixel to one upsampler and runs
+each upsampler only on its own pixels, is run by an engine (pcsr.engines); the routing rule and the
+FLOP accounting it uses are defined here, once.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.profiler import record_function
 
 from .. import routing
+from ..errors import PcsrError
 from .backbones import Backbone, build_backbone
 from .heads import MLP, PointQueries, SubpixelQueries, make_coord
 from .specs import ModelSpec
@@ -30,15 +31,17 @@ class Routing:
     budget_of: str = "pixels"  # or "flops"
     refine: bool = True
 
-
-@dataclass
-class SRResult:
-    sr: torch.Tensor                  # (N, 3, H, W), mean added back, not clamped
-    classes: torch.Tensor | None      # (N, H, W) uint8 class per output pixel, None for original models
-    prob: torch.Tensor | None         # (N, M, H, W) classifier probabilities (float32), when asked for
-    flops: list[int]                  # per image, the paper's convention
-    max_flops: list[int]              # per image, every pixel on the costliest upsampler
-    counts: list[list[int]] | None    # per image, pixels per class
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or not math.isfinite(self.k):
+            raise PcsrError(f"k must be a finite number, got {self.k!r}")
+        if self.budget is not None:
+            if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) \
+                    or not 0.0 <= self.budget <= 1.0:
+                raise PcsrError(f"budget must be a number between 0 and 1, got {self.budget!r}")
+            if self.adaptive:
+                raise PcsrError("give one routing rule: adaptive or a budget, not both")
+        if self.budget_of not in ("pixels", "flops"):
+            raise PcsrError(f"budget_of must be 'pixels' or 'flops', got {self.budget_of!r}")
 
 
 def _mean_buffer(spec: ModelSpec) -> torch.Tensor:
@@ -58,20 +61,6 @@ class OriginalSR(nn.Module):
         mean = self.mean.to(lr.dtype)
         return self.backbone(lr - mean) + mean
 
-    @torch.inference_mode()
-    def infer(self, lr: torch.Tensor, scale=None, out_size=None, routing_: Routing | None = None) -> SRResult:
-        if (scale not in (None, self.spec.scale)) or out_size is not None and tuple(out_size) != (
-            lr.shape[-2] * self.spec.scale, lr.shape[-1] * self.spec.scale
-        ):
-            raise ValueError(f"this model only upscales x{self.spec.scale}")
-        with record_function("backbone"):
-            sr = self.forward(lr.contiguous(memory_format=torch.channels_last)).contiguous()
-        f = self.backbone.flops(lr.shape[-2], lr.shape[-1])
-        return SRResult(sr, None, None, [f] * lr.shape[0], [f] * lr.shape[0], None)
-
-
-DENSE_SHARE = 0.6  # measured crossover on a 2-core CPU: the gather + scatter costs ~40 % of a dense run
-
 
 class PCSR(nn.Module):
     def __init__(self, spec: ModelSpec):
@@ -88,10 +77,10 @@ class PCSR(nn.Module):
         return len(self.upsamplers)
 
     # ------------------------------------------------------------------ shared pieces
-    def queries(self, lr_norm: torch.Tensor, scale=None, out_size=None, path: str = "auto"):
-        """Features and the query object for the requested output size."""
-        feat = self.backbone(lr_norm)
-        h, w = lr_norm.shape[-2:]
+    def make_queries(self, feat: torch.Tensor, lr_size, scale=None, out_size=None, path: str = "auto"):
+        """The query object over LR features `feat` for the requested output size: sub-pixel
+        queries for an integer scale (unless `path` is "query"), point queries otherwise."""
+        h, w = int(lr_size[0]), int(lr_size[1])
         if out_size is None:
             s = float(scale if scale is not None else self.spec.scale)
             out_size = (round(h * s), round(w * s))
@@ -101,9 +90,9 @@ class PCSR(nn.Module):
             return SubpixelQueries(feat, s_int), (H, W)
         if path == "subpixel":
             raise ValueError(f"the sub-pixel path needs an integer scale, got {h}x{w} -> {H}x{W}")
-        n = lr_norm.shape[0]
-        coord = make_coord(H, W, lr_norm.device).unsqueeze(0).expand(n, -1, -1)
-        cell = torch.tensor([2.0 / H, 2.0 / W], device=lr_norm.device).expand_as(coord)
+        n = feat.shape[0]
+        coord = make_coord(H, W, feat.device).unsqueeze(0).expand(n, -1, -1)
+        cell = torch.tensor([2.0 / H, 2.0 / W], device=feat.device).expand_as(coord)
         return PointQueries(feat, coord, cell, size=(H, W)), (H, W)
 
     def costs(self, h: int, w: int, H: int, W: int) -> torch.Tensor:
@@ -149,68 +138,7 @@ class PCSR(nn.Module):
         img = q.to_image(pred)
         return img, None if prob is None else q.to_image(prob)
 
-    # ------------------------------------------------------------------ inference
-    @torch.inference_mode()
-    def infer(self, lr: torch.Tensor, scale=None, out_size=None, routing_: Routing | None = None,
-              path: str = "auto", classes: torch.Tensor | None = None, return_prob: bool = False) -> SRResult:
-        """Route every output pixel to one upsampler and run each upsampler on its own pixels only.
-
-        `classes` (N, H, W) imposes the class map instead of the routing rule (tiling passes decisions
-        made over a whole image). Routing works on the classifier's logits: argmax p_j / c_j^k is
-        argmax (logit_j - k log c_j), so no softmax is needed unless probabilities are asked for.
-        """
-        r = routing_ or Routing()
-        mean = self.mean.to(lr.dtype)
-        x = (lr - mean).contiguous(memory_format=torch.channels_last)
-        n, _, h, w = x.shape
-        with record_function("backbone"):
-            q, (H, W) = self.queries(x, scale, out_size, path)
-        with record_function("classifier"), torch.autocast(x.device.type, enabled=False):
-            # in fp32 even under autocast: reduced precision moves many near-tie pixels between classes
-            logits = q.run(self.classifier, dtype=torch.float32)  # (rows, M), rows image-major
-        with record_function("routing"):
-            if classes is not None:
-                cls_rows = q.to_rows(classes.unsqueeze(1))[:, 0].to(torch.uint8)
-            else:
-                cls_rows = self.route_rows(logits, r, n, h, w, H, W)
-            counts = [self.class_counts(c) for c in cls_rows.view(n, -1)]
-            # the cheapest upsampler on every row when most rows are its own: cheaper than gathering
-            # them and scattering back (on a CPU; its FLOPs are still counted on its own pixels only)
-            # (not with the compiled kernel: it gathers and scatters inside its pass over the rows)
-            dense = (isinstance(q, SubpixelQueries) and q.fused(self.upsamplers[0]) is None
-                     and sum(c[0] for c in counts) >= DENSE_SHARE * q.rows)
-            first = 1 if dense else 0
-            picked = [q.select(cls_rows, j) for j in range(first, self.num_classes)]
-        if dense:
-            with record_function("upsampler0"):
-                res = q.run(self.upsamplers[0]).float()
-        else:
-            res = torch.empty(q.rows, 3, dtype=torch.float32, device=x.device)
-        for j, (u, (rows, split)) in enumerate(zip(self.upsamplers[first:], picked), start=first):
-            with record_function(f"upsampler{j}"):
-                if sum(c[j] for c in counts):
-                    q.scatter(u, rows, split, res)
-        with record_function("assemble"):
-            # bilinear(x) + mean = bilinear(lr): the mean rides on the bilinear base for free
-            sr = q.to_image(res.add_(q.bilinear(lr.to(x.dtype)).float()))
-            cls_img = q.to_image(cls_rows)
-            if r.refine:
-                sr = routing.refine(sr, cls_img)
-        prob = q.to_image(torch.softmax(logits, -1)) if return_prob else None
-        flops = [self.count_flops(h, w, c) for c in counts]
-        max_flops = [self.count_flops(h, w, [0] * (self.num_classes - 1) + [H * W])] * n
-        return SRResult(sr, cls_img, prob, flops, max_flops, counts)
-
-    @torch.inference_mode()
-    def class_prob(self, lr: torch.Tensor, scale=None, out_size=None) -> torch.Tensor:
-        """(N, M, H, W) float32 classifier probabilities, backbone and classifier only: what routing
-        decisions over a whole tiled image are made from."""
-        x = (lr - self.mean.to(lr.dtype)).contiguous(memory_format=torch.channels_last)
-        q, _ = self.queries(x, scale, out_size)
-        with torch.autocast(x.device.type, enabled=False):
-            logits = q.run(self.classifier, dtype=torch.float32)
-        return q.to_image(torch.softmax(logits, -1))
-
+    # ------------------------------------------------------------------ routing
     def class_counts(self, classes: torch.Tensor) -> list[int]:
         """Pixels per class of one image's (rows,) uint8 classes. Two classes: a count of the
         costlier (0.3 ms for 1.85 M pixels on two cores, against 2.3 for a histogram)."""

@@ -45,6 +45,11 @@ class DataConfig:
     scale_range: list[float] | None = None  # e.g. [1, 4]: a scale per batch, trained through point queries
     queries: int = 0                # > 0: train on this many random HR pixels per patch (point-query path)
     augment: bool = True            # random h/v flips and transposition
+    # Skip flat crops (sky, blur, darkness): a crop whose mean absolute difference between
+    # neighbouring pixels (gray, 0-255 scale) is below min_detail is redrawn, up to detail_tries
+    # times; the last draw is kept so that sampling always ends. 0 = every crop is kept.
+    min_detail: float = 0.0
+    detail_tries: int = 4
 
 
 @dataclass
@@ -111,6 +116,8 @@ class TrainConfig:
             raise ConfigError("data.scale_range needs data.queries > 0 (a non-integer scale uses point queries)")
         if self.optim.iterations < 1 or self.data.batch_size < 1 or self.data.lr_patch < 1:
             raise ConfigError("optim.iterations, data.batch_size and data.lr_patch must be positive")
+        if not (self.data.min_detail >= 0 and self.data.detail_tries >= 1):
+            raise ConfigError("data.min_detail must be >= 0 and data.detail_tries >= 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -76,9 +76,13 @@ class PatchSampler:
         crops = []
         for i in picks.tolist():
             im = self.images[i]
-            y = self._randint(im.shape[-2] - crop + 1)
-            x = self._randint(im.shape[-1] - crop + 1)
-            crops.append(im[:, y:y + crop, x:x + crop])
+            for _ in range(max(1, cfg.detail_tries) if cfg.min_detail > 0 else 1):
+                y = self._randint(im.shape[-2] - crop + 1)
+                x = self._randint(im.shape[-1] - crop + 1)
+                patch = im[:, y:y + crop, x:x + crop]
+                if cfg.min_detail <= 0 or detail(patch) >= cfg.min_detail:
+                    break
+            crops.append(patch)
         hr = torch.stack(crops)
         if cfg.augment:
             flips = (torch.rand(cfg.batch_size, 3, generator=g) < 0.5).tolist()
@@ -93,6 +97,14 @@ class PatchSampler:
         cell = torch.tensor([2.0 / crop, 2.0 / crop], device=self.device).expand(n, q, 2).contiguous()
         gt = hr.reshape(n, 3, -1).gather(2, idx.unsqueeze(1).expand(n, 3, q)).permute(0, 2, 1)
         return Batch(lr, gt.contiguous(), s, coord, cell)
+
+
+def detail(patch: torch.Tensor) -> float:
+    """Mean absolute difference between horizontally and vertically neighbouring pixels of a
+    (3, H, W) uint8 crop's gray level, on the 0-255 scale: about 1-2 for sky or defocus blur,
+    10-30 for foliage, text or fabric."""
+    g = patch.float().mean(0)
+    return 0.5 * float((g[:, 1:] - g[:, :-1]).abs().mean() + (g[1:] - g[:-1]).abs().mean())
 
 
 def _augment(patch: torch.Tensor, hflip: bool, vflip: bool, transpose: bool) -> torch.Tensor:

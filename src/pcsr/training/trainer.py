@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .. import weights as weights_io
-from ..api import Model, autocast, emulated_bf16
+from ..core import Core
+from ..device import autocast, emulated_bf16
 from ..errors import PcsrError
 from ..models.pcsr import Routing, build_model
 from . import distributed as D
@@ -305,7 +306,7 @@ class Trainer:
     def validate(self) -> dict:
         """Figures by folder and routing, fp32, through the same path as `pcsr eval`."""
         from ..eval import evaluate
-        model = Model(self.net, device=str(self.device), precision="fp32")
+        model = Core(self.net, device=str(self.device), precision="fp32")
         res = {}
         try:
             for folder in self.cfg.val.folders:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
+from . import kernels
 
 _conv_relu_op = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
 _conv_accumulate_op = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise_", None)
@@ -267,3 +267,11 @@ class FastCARN(nn.Module):
             for step in self.tail:
                 out = step(out)
         return out
+
+
+def inference_form(carn, dtype: torch.dtype) -> nn.Module:
+    """FastCARN for a CARN backbone in `dtype`, or the backbone itself where fp32 lacks the fused
+    convolutions (the accumulating form is slower than the plain module there)."""
+    if dtype == torch.float32 and not chained_fp32_works(carn.entry.weight.device):
+        return carn
+    return FastCARN(carn, dtype)

@@ -22,7 +22,7 @@ from torch import nn
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("PCSR_KERNEL", "1") == "0":  # the switch for A/B timings and for bug reports
         return None
-    here = Path(__file__).parent
+    here = Path(__file__).parent.parent  # the extension is pcsr._kernels
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_kernels{suffix}"
         if path.is_file():
