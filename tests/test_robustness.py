@@ -349,3 +349,259 @@ def test_reference_checkpoints_never_unpickle_objects(tmp_path):
     torch.save({"model": Evil()}, path, _use_new_zipfile_serialization=True)
     with pytest.raises(WeightsError, match="evil.pth: cannot read checkpoint"):
         weights.load(path)
+
+
+# ----------------------------------------------------------------------------- case 5: signals, stale temporaries, exclusive publish
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from pcsr import imageio  # noqa: E402
+from pcsr.errors import ImageError  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_clean_up_like_ctrl_c(cli, tmp_path, monkeypatch, signame):
+    sig = getattr(signal, signame)
+    previous = signal.signal(sig, signal.SIG_DFL)  # as in a plain shell, whatever pytest set
+    try:
+        def signalled_mid_write(self, fp, *args, **kwargs):
+            fp.write(b"\x89PNG\r\n\x1a\n partial")
+            os.kill(os.getpid(), sig)  # the handler runs right here, in this (the main) thread
+            fp.write(b"never reached")
+
+        image(tmp_path / "a.png")
+        image(tmp_path / "b.png")
+        monkeypatch.setattr(Image.Image, "save", signalled_mid_write)
+        code, out, err = cli(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out")
+        assert code == 128 + sig and f"terminated ({signame})" in err and out == ""
+        assert names(tmp_path / "out") == []  # no partial image, no temporary, b.png not started
+        assert signal.getsignal(sig) is signal.SIG_DFL  # the command's handler is gone again
+    finally:
+        signal.signal(sig, previous)
+
+
+def test_an_ignored_sighup_stays_ignored(tmp_path):
+    """Under nohup SIGHUP is ignored: the command must not take that back."""
+    from pcsr.cli import signals_interrupt
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with signals_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+HANGING_WRITER = """
+import sys, time
+from pcsr import imageio
+def writer(f):
+    f.write(b"partial")
+    f.flush()
+    print("ready", flush=True)
+    time.sleep(60)
+imageio.atomic_write(sys.argv[1], writer)
+"""
+
+
+def _killed_mid_write(target: Path) -> Path:
+    """Run a writer into target's folder and kill -9 it mid-write: the temporary it leaves."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_WRITER, str(target)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    left = [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.pcsr-{proc.pid}-")]
+    assert len(left) == 1 and left[0].read_bytes() == b"partial"
+    return left[0]
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_by_the_next_write(tmp_path):
+    killed = _killed_mid_write(tmp_path / "a_x4.png")
+    fresh_killed = _killed_mid_write(tmp_path / "b_x4.png")  # dead too, but only just: could be in flight elsewhere
+    _age(killed, 120)
+    live = tmp_path / f".c_x4.png.pcsr-{os.getpid()}-0123abcd.tmp"  # a running writer's (ours)
+    live.write_bytes(b"x")
+    _age(live, 3600)
+    decoys = [tmp_path / ".a_x4.png.tmp", tmp_path / "a_x4.png.pcsr-1-0123abcd.tmp",
+              tmp_path / f".d.png.pcsr-{_dead_pid()}-0123abcd.tmp.bak", tmp_path / ".e.pcsr-1-XYZ.tmp"]
+    for d in decoys:
+        d.write_bytes(b"user data")
+        _age(d, 3600)
+    folder_link = tmp_path / f".f.png.pcsr-{_dead_pid()}-0123abcd.tmp"
+    folder_link.mkdir()  # our name, but a folder: never ours to remove
+    _age(folder_link, 3600)
+    imageio.write_image(tmp_path / "new.png", np.zeros((2, 2, 3)))
+    left = set(p.name for p in tmp_path.iterdir())
+    assert killed.name not in left
+    assert {fresh_killed.name, live.name, folder_link.name, "new.png"} | {d.name for d in decoys} == left
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_exclusive_write_never_replaces_a_file_published_meanwhile(tmp_path):
+    target = tmp_path / "a.png"
+
+    def other_run_publishes_first(f):
+        target.write_bytes(b"the other run's image")
+        f.write(b"ours")
+
+    with pytest.raises(ImageError, match="a.png: already exists"):
+        imageio.atomic_write(target, other_run_publishes_first, overwrite=False)
+    assert target.read_bytes() == b"the other run's image" and names(tmp_path) == ["a.png"]
+    imageio.atomic_write(target, other_run_publishes_first, overwrite=True)
+    assert target.read_bytes() == b"ours" and names(tmp_path) == ["a.png"]
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_exclusive_write_without_hard_links(tmp_path, monkeypatch, code):
+    def no_links(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(imageio.os, "link", no_links)
+    imageio.atomic_write(tmp_path / "a.png", lambda f: f.write(b"first"), overwrite=False)
+    assert (tmp_path / "a.png").read_bytes() == b"first" and names(tmp_path) == ["a.png"]
+    with pytest.raises(ImageError, match="already exists"):
+        imageio.atomic_write(tmp_path / "a.png", lambda f: f.write(b"second"), overwrite=False)
+    assert (tmp_path / "a.png").read_bytes() == b"first" and names(tmp_path) == ["a.png"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_upscale_runs_racing_for_one_output(cli, tmp_path, monkeypatch, overwrite):
+    """Another run publishes our output while we upscale: without --overwrite its file is kept and
+    this image fails in one line; with --overwrite ours replaces it."""
+    real = upscale.upscale_file
+
+    def racing(model, job, *args, **kwargs):
+        job.output.write_bytes(b"the other run's image")
+        return real(model, job, *args, **kwargs)
+
+    monkeypatch.setattr(upscale, "upscale_file", racing)
+    image(tmp_path / "a.png")
+    code, out, err = cli(tmp_path / "a.png", "-o", tmp_path / "out", *(["--overwrite"] if overwrite else []))
+    result = tmp_path / "out" / "a_x4.png"
+    assert names(tmp_path / "out") == ["a_x4.png"]
+    if overwrite:
+        assert code == 0 and Image.open(result).size == (52, 36)
+    else:
+        assert code == 1 and err.count("\n") == 1 and "already exists" in err
+        assert err.startswith(f"pcsr upscale: error: {tmp_path / 'a.png'}: ")
+        assert result.read_bytes() == b"the other run's image"
+
+
+def test_model_files_are_published_exclusively(tmp_path):
+    net = build_model(SPEC)
+    weights.save(net, tmp_path / "m.safetensors")
+    before = (tmp_path / "m.safetensors").read_bytes()
+    with pytest.raises(WeightsError, match="m.safetensors: already exists"):
+        weights.save(net, tmp_path / "m.safetensors", overwrite=False)
+    assert (tmp_path / "m.safetensors").read_bytes() == before and names(tmp_path) == ["m.safetensors"]
+
+
+# ----------------------------------------------------------------------------- case 4: convert keeps its input
+import re  # noqa: E402
+
+
+def _reference_key(ours: str) -> str:
+    """Our CARN state key -> the reference code's (the inverse of weights._carn_key)."""
+    k = re.sub(r"^blocks\.(\d)\.unit\.", lambda m: f"b{int(m[1]) + 1}.b1.", ours)
+    k = re.sub(r"^blocks\.(\d)\.fuse\.(\d)\.", lambda m: f"b{int(m[1]) + 1}.c{int(m[2]) + 1}.", k)
+    k = re.sub(r"^fuse\.(\d)\.", lambda m: f"c{int(m[1]) + 1}.", k)
+    return k.replace("upsample.", "upsample.up.body.")
+
+
+@pytest.fixture
+def reference(tmp_path) -> Path:
+    """A reference-format checkpoint of a tiny original CARN, as the authors' code saves one."""
+    torch.manual_seed(1)
+    net = build_model(ModelSpec(backbone="carn", backbone_args={"nf": 8, "groups": 4}, scale=4))
+    sd = {_reference_key(k[len("backbone."):]): v for k, v in net.state_dict().items()}
+    path = tmp_path / "carn.pth"
+    torch.save({"model": {"name": "carn", "args": {"nf": 8, "scale": 4}, "sd": sd}}, path)
+    return path
+
+
+def convert(*args):
+    return main(["convert", *map(str, args)])
+
+
+def test_convert_round_trips(reference, tmp_path, capsys):
+    assert convert(reference, "-o", tmp_path / "c.safetensors") == 0, capsys.readouterr().err
+    net, info = weights.load(tmp_path / "c.safetensors")
+    assert net.spec.backbone_args == {"nf": 8, "groups": 4} and info == {"converted_from": "carn.pth"}
+    original, _ = weights.load(reference)
+    for k, v in original.state_dict().items():
+        assert torch.equal(v, net.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotted", "symlink", "hard link"])
+def test_convert_never_writes_over_its_input(reference, tmp_path, capsys, spelling):
+    before = reference.read_bytes()
+    out = {"same": reference, "dotted": tmp_path / "x" / ".." / "carn.pth", "symlink": tmp_path / "link.pth",
+           "hard link": tmp_path / "hard.pth"}[spelling]
+    if spelling == "dotted":
+        (tmp_path / "x").mkdir()
+    elif spelling == "symlink":
+        out.symlink_to(reference)
+    elif spelling == "hard link":
+        os.link(reference, out)
+    assert convert(reference, "-o", out, "--overwrite") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the input checkpoint itself" in err
+    assert reference.read_bytes() == before
+
+
+def test_convert_needs_overwrite_to_replace_an_output(reference, tmp_path, capsys):
+    out = tmp_path / "c.safetensors"
+    out.write_bytes(b"precious")
+    assert convert(reference, "-o", out) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+    assert convert(reference, "-o", out, "--overwrite") == 0
+    assert weights.load(out)[0].spec.scale == 4 and names(tmp_path) == ["c.safetensors", "carn.pth"]
+
+
+@pytest.mark.parametrize("where,words", [("missing/c.safetensors", "output folder does not exist"),
+                                         ("file/c.safetensors", "is not a folder"),
+                                         ("folder", "is a folder")])
+def test_convert_write_errors_are_one_line(reference, tmp_path, capsys, where, words):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    assert convert(reference, "-o", tmp_path / where) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and err.startswith("pcsr convert: error: ")
+    assert "Traceback" not in err
+
+
+def test_convert_into_an_unwritable_folder(reference, tmp_path, capsys, monkeypatch):
+    """Simulated, since root may write anywhere: creating the temporary is refused."""
+    real = imageio.os.open
+
+    def refuse_temporaries(path, *args, **kwargs):
+        if ".pcsr-" in os.fspath(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(imageio.os, "open", refuse_temporaries)
+    (tmp_path / "ro").mkdir()
+    assert convert(reference, "-o", tmp_path / "ro" / "c.safetensors") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not writable" in err and names(tmp_path / "ro") == []

@@ -5,8 +5,10 @@ Errors a user can cause print as one line on stderr (exit 1, or 2 for bad usage)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import threading
 import warnings
 
 from .errors import PcsrError
@@ -18,13 +20,14 @@ def _add_convert(sub):
                        description="Import the authors' released checkpoints ({model: {name, args, sd}}) "
                                    "without unpickling arbitrary objects (torch.load weights_only=True).")
     p.add_argument("src", help="reference checkpoint (.pth)")
-    p.add_argument("-o", "--output", required=True, help="destination .safetensors file")
+    p.add_argument("-o", "--output", required=True, help="destination .safetensors file (never the input)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_convert)
 
 
 def _convert(args) -> int:
     from . import weights
-    spec = weights.convert(args.src, args.output)
+    spec = weights.convert(args.src, args.output, overwrite=args.overwrite)
     kind = "PCSR" if spec.is_pcsr else "original"
     print(f"{args.src} -> {args.output}  ({kind} {spec.backbone} x{spec.scale})")
     return 0
@@ -207,13 +210,49 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), signals_interrupt():
             warnings.showwarning = lambda message, *_, **__: print(
                 f"pcsr {args.command}: warning: {message}", file=sys.stderr)  # one line, no source
             return int(args.func(args) or 0)
     except PcsrError as e:
         print(f"pcsr {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except Terminated as e:
+        print(f"pcsr {args.command}: terminated ({e.name})", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"pcsr {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread. A KeyboardInterrupt, so that every cleanup that
+    Ctrl-C runs (temporary files removed, by the handlers of imageio.atomic_write) runs for them too,
+    instead of the process dying where it stands."""
+
+    def __init__(self, signum: int):
+        import signal
+        self.signum, self.name = signum, signal.Signals(signum).name
+        super().__init__(self.name)
+
+
+def _terminate(signum, _frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM and SIGHUP raise Terminated while the block runs (main thread only; a signal that is
+    ignored, as under nohup, stays ignored); the previous handlers come back afterwards."""
+    import signal
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+                saved[sig] = signal.signal(sig, _terminate)
+    try:
+        yield
+    finally:
+        for sig, previous in saved.items():
+            signal.signal(sig, previous)

@@ -27,14 +27,18 @@ Limitations:
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import functools
 import glob
 import os
 import re
 import secrets
+import stat
 import struct
 import sys
 import threading
+import time
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -407,8 +411,13 @@ def write_image(
     icc_profile: bytes | None = None,
     quality: int = 95,
     exif: bytes | None = None,
+    overwrite: bool | None = None,
 ) -> None:
     """Write atomically, choosing the format from the extension.
+
+    overwrite: replace an existing file (True), or fail with ImageError if one exists, even one
+    another process publishes while this one writes (False); None: False inside exclusive_writes(),
+    else True.
 
     Gray modes store ITU-R 601 luma, which returns the gray itself for a gray source.
     What a format cannot hold is dropped rather than refused: alpha for JPEG/BMP,
@@ -463,7 +472,7 @@ def write_image(
     else:
         image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
         writer = functools.partial(image.save, format=fmt, **_save_options(fmt, quality, icc_profile, exif))
-    _atomic_write(path, writer)
+    _atomic_write(path, writer, overwrite)
 
 
 def _as_rgb(rgb) -> np.ndarray:
@@ -527,29 +536,158 @@ def _save_options(fmt: str, quality: int, icc: bytes | None, exif: bytes | None)
     return options
 
 
-def _atomic_write(path: Path, writer: Callable[[BinaryIO], None]) -> None:
-    """Write next to the target and rename over it, so the final name is never partial."""
+# Temporary files are named `.<final name>.pcsr-<pid>-<8 hex>.tmp` next to their target: hidden, and
+# carrying the writer's PID, so that a later run can tell a temporary left by a killed run (kill -9,
+# power loss) from one that another live run is still writing. Only names of exactly this shape are
+# ever removed, and only when stale (see remove_stale_temporaries): a user's own files never are.
+_TEMP_RE = re.compile(r"^\..+\.pcsr-(\d+)-[0-9a-f]{8}\.tmp$")
+_PROBE_RE = re.compile(r"^\.pcsr-write-test-(\d+)-[0-9a-f]{8}$")
+STALE_SECONDS = 60.0  # a live writer touches its temporary far more often than this
+_swept: set[str] = set()
+_exclusive: contextvars.ContextVar[bool] = contextvars.ContextVar("pcsr_exclusive_writes", default=False)
+
+
+@contextlib.contextmanager
+def exclusive_writes(on: bool = True):
+    """Within this block, write_image never replaces an existing file (unless told to per call):
+    what `pcsr upscale` without --overwrite needs, since another run may publish the same name
+    between our check and our write."""
+    token = _exclusive.set(on)
+    try:
+        yield
+    finally:
+        _exclusive.reset(token)
+
+
+def temp_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.pcsr-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or we cannot tell: keep its file
+    return True
+
+
+def remove_stale_temporaries(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove our own temporaries (and write probes) in `folder` that a killed run left: the name is
+    ours, it is a regular file of this user, untouched for STALE_SECONDS, and its PID runs no process
+    here. Best effort: any doubt or error keeps the file."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        found = _TEMP_RE.match(e.name) or _PROBE_RE.match(e.name)
+        if not found:
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < STALE_SECONDS:
+                continue
+            if hasattr(os, "getuid") and st.st_uid != os.getuid():
+                continue
+            if _pid_alive(int(found.group(1))):
+                continue
+            os.unlink(e.path)
+            removed.append(Path(e.path))
+        except (OSError, ValueError):
+            continue
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    key = os.path.abspath(folder)
+    if key not in _swept:
+        _swept.add(key)
+        remove_stale_temporaries(folder)
+
+
+# errno values of file systems that have no hard links (FAT, some network and FUSE ones)
+_NO_LINKS = {getattr(errno, n) for n in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EMLINK", "EXDEV")
+             if hasattr(errno, n)}
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Give the finished temporary its final name. Replacing: os.replace. Otherwise exclusively:
+    a hard link fails if the name exists, so two runs never replace each other's file; where hard
+    links are not supported, the name is claimed with an O_EXCL create and then replaced by ours."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError as err:
+        if err.errno not in _NO_LINKS:
+            raise
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            raise _exists(path) from None
+        os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # our own empty placeholder
+            raise
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+class _Exists(Exception):
+    pass
+
+
+def _exists(path: Path) -> "_Exists":
+    return _Exists(f"{path}: already exists (written meanwhile by another run?); use --overwrite to replace it")
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], None], *, overwrite: bool = True,
+                 error: type[Exception] = ImageError) -> None:
+    """Write next to the target and publish it under its name only once complete, so the final name
+    is never partial; on any failure or interruption (KeyboardInterrupt, and the signals `pcsr`
+    turns into it) the temporary is removed. Errors are `error` with a one-line message."""
+    path = Path(path)
     folder = path.parent
-    tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    _sweep_once(folder)
+    tmp = temp_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as err:
-        raise _write_error(path, err) from None
+        raise error(str(_write_error(path, err))) from None
     try:
         with os.fdopen(fd, "wb") as f:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path, overwrite)
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, _Exists):
+            raise error(str(err)) from None
         if isinstance(err, OSError):
-            raise _write_error(path, err) from None
+            raise error(str(_write_error(path, err))) from None
         if isinstance(err, ValueError):  # Pillow's refusal, e.g. a size the format cannot hold
-            raise ImageError(f"{path}: cannot write image ({_short(err)})") from None
+            raise error(f"{path}: cannot write image ({_short(err)})") from None
         raise
     _fsync_folder(folder)
+
+
+def _atomic_write(path: Path, writer: Callable[[BinaryIO], None], overwrite: bool | None = None) -> None:
+    atomic_write(path, writer, overwrite=not _exclusive.get() if overwrite is None else overwrite)
 
 
 def _write_error(path: Path, err: OSError) -> ImageError:
@@ -742,7 +880,7 @@ def check_output_dir(path: str | os.PathLike) -> None:
         raise ImageError(f"{shown}: cannot create the output folder (permission denied)") from None
     except OSError as err:
         raise ImageError(f"{shown}: cannot create the output folder ({err.strerror or _short(err)})") from None
-    probe = folder / f".pcsr-write-test-{secrets.token_hex(4)}"
+    probe = folder / f".pcsr-write-test-{os.getpid()}-{secrets.token_hex(4)}"  # see _PROBE_RE
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:

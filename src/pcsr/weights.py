@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 from torch import nn
 
 from .errors import WeightsError
+from .imageio import atomic_write
 from .models.pcsr import build_model
 from .models.specs import ModelSpec
 
@@ -30,23 +31,21 @@ REFERENCE_MEANS = {"carn": (0.4488, 0.4371, 0.4040), "fsrcnn": (0.0, 0.0, 0.0)}
 
 
 # ----------------------------------------------------------------------------- our format
-def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> None:
-    """Write atomically (temporary file, then rename) so that a crash never leaves half a file."""
+def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None, *, overwrite: bool = True) -> None:
+    """Write atomically (temporary file, then publish) so that a crash never leaves half a file; with
+    overwrite=False an existing file, even one published meanwhile by another process, is kept
+    (WeightsError)."""
     path = Path(path)
     meta = {"pcsr_format": FORMAT_VERSION, "spec": json.dumps(model.spec.to_dict())}
     if info:
         meta["info"] = json.dumps(info)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    data = save_bytes(tensors, metadata=meta)
     try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a model file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WeightsError(f"{path.parent}{os.sep}: cannot create the folder ({e.strerror or _short(e)})") from None
+    atomic_write(path, lambda f: f.write(data), overwrite=overwrite, error=WeightsError)
 
 
 # A safetensors file starts with an 8-byte length and that many bytes of JSON header (tensor names,
@@ -330,11 +329,30 @@ def _check_reference_state(spec: ModelSpec, state: dict, path) -> None:
     check_state(spec, {k: (tuple(v.shape), v.dtype) for k, v in state.items()}, path)
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike) -> ModelSpec:
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> ModelSpec:
+    """A reference checkpoint -> our format. Refuses, before reading anything, to write over its own
+    input (whatever the spelling of the two paths), over an existing file unless `overwrite`, or
+    into a folder that does not exist."""
+    src, dst = Path(src), Path(dst)
+    if dst.is_dir():
+        raise WeightsError(f"{dst}: is a folder; give -o a file name such as {dst / (src.stem + '.safetensors')}")
+    if dst.exists() or dst.is_symlink():
+        try:
+            same = os.path.samefile(src, dst)
+        except OSError:
+            same = os.path.realpath(src) == os.path.realpath(dst)
+        if same:
+            raise WeightsError(f"{dst}: is the input checkpoint itself; give -o another file")
+        if not overwrite:
+            raise WeightsError(f"{dst}: already exists (use --overwrite to replace it)")
+    if not dst.parent.is_dir():
+        what = "is not a folder" if dst.parent.exists() else "output folder does not exist"
+        raise WeightsError(f"{dst.parent}{os.sep}: {what}")
     spec, state = read_reference(src)
+    _check_reference_state(spec, state, src)
     model = build_model(spec)
     _load_state(model, state, src)
-    save(model, dst, info={"converted_from": Path(src).name})
+    save(model, dst, info={"converted_from": src.name}, overwrite=overwrite)
     return spec
 
 
