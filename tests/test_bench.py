@@ -5,8 +5,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pcsr import api, bench, kernels, weights
+from pcsr import api, bench, weights
 from pcsr.cli import main
+from pcsr.engines import kernels
 from pcsr.models.pcsr import OriginalSR
 from pcsr.models.specs import ModelSpec
 from test_models import tiny_pcsr

@@ -3,7 +3,7 @@
 A sweep over several settings shares the network passes. Per image, the classifier probabilities
 and the output of every upsampler on every pixel are computed once, without refinement; each
 setting then only decides a class map, picks each pixel from its upsampler's output and refines.
-Each output pixel of an upsampler depends on its own query alone, so this equals what `Model.run`
+Each output pixel of an upsampler depends on its own query alone, so this equals what the model's `run`
 gives for that class map up to float rounding (tests/test_evaluate.py checks it). ``exact=True``
 runs the model once per setting instead, which is also what gives a per-setting time.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import routing as routing_rules
-from ..api import Model, autocast
+from ..core import Core
 from ..errors import PcsrError
 from ..models.pcsr import Routing
 from .protocol import Setting, Units, patch_level_classes
@@ -35,7 +35,7 @@ class Output:
 class Runner:
     """Turns the units of one image and a setting into outputs, for one model."""
 
-    def __init__(self, model: Model, scale: int, patch: int = 32, protocol: str = "image",
+    def __init__(self, model: Core, scale: int, patch: int = 32, protocol: str = "image",
                  exact: bool = False, batch: int = 64):
         self.model, self.scale, self.exact, self.batch = model, scale, exact, max(1, batch)
         self.pcsr = model.is_pcsr
@@ -51,9 +51,7 @@ class Runner:
             chunk = lr[i:i + self.batch]
             c = None if classes is None else classes[i:i + self.batch].to(self.model.device)
             if prob:
-                with torch.inference_mode(), autocast(self.model.device, self.model.precision):
-                    res = self.model.net.infer(chunk.to(self.model.device, torch.float32), scale=self.scale,
-                                               routing_=routing, classes=c, return_prob=True)
+                res = self.model.run(chunk, routing, scale=self.scale, classes=c, return_prob=True)
                 probs.append(res.prob.float().cpu())
             elif self.pcsr:
                 res = self.model.run(chunk, routing, scale=self.scale, classes=c)

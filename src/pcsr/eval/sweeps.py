@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..api import Model
+from ..core import Core
 from ..errors import PcsrError
 from ..imageio import list_images
 from ..models.pcsr import Routing
@@ -44,7 +44,7 @@ class _Accumulator:
     scores: list[ImageScore] = field(default_factory=list)
 
 
-def display_name(model: Model | str | Path | None) -> str:
+def display_name(model: Core | str | Path | None) -> str:
     """A short name for tables: the file stem of a path, or the bundled name."""
     name = getattr(model, "name", model)
     if name is None:
@@ -61,7 +61,7 @@ def _set_name(data) -> str:
     return "images"
 
 
-def sweep(models: Model | Sequence[Model], sets, settings: Sequence[Setting] | None = None, *,
+def sweep(models: Core | Sequence[Core], sets, settings: Sequence[Setting] | None = None, *,
           scale: int | None = None, protocol: str = "image", patch: int = 32, step: int = 28,
           ssim: bool | Callable[[Setting], bool] = False, per_image: bool = False, exact: bool = False,
           save_dir: str | Path | None = None, batch: int = 64, progress: bool = False,
@@ -76,7 +76,7 @@ def sweep(models: Model | Sequence[Model], sets, settings: Sequence[Setting] | N
         raise PcsrError(f"unknown protocol {protocol!r} ({', '.join(PROTOCOLS)})")
     if protocol == "patch":
         unfold_patches(torch.zeros(3, 1, 1), patch, step)  # validates patch and step
-    models = [models] if isinstance(models, Model) else list(models)
+    models = [models] if isinstance(models, Core) else list(models)
     if isinstance(sets, (str, Path)) or (isinstance(sets, (list, tuple)) and sets
                                          and all(isinstance(s, (str, Path)) and Path(s).is_file() for s in sets)):
         sets = [sets]
@@ -177,7 +177,7 @@ def public_row(row: dict, labelled: bool) -> dict:
     return out
 
 
-def evaluate(model: Model, data: str | Path | list, scale: int | None = None, routing: Routing | None = None,
+def evaluate(model: Core, data: str | Path | list, scale: int | None = None, routing: Routing | None = None,
              progress: bool = False, **options) -> dict:
     """Mean figures over the images of a folder (or a list of paths), and the per-image rows."""
     setting = ORIGINAL if not model.is_pcsr else Setting.from_routing(routing)
