@@ -239,6 +239,7 @@ class FastCARN(nn.Module):
         self.blocks = [_Block(b, dtype) for b in carn.blocks]
         self.cascade = make_cascade(carn.fuse, carn.cfg.nf, dtype)
         self._flops, self._radius = carn.flops, carn.receptive_radius
+        self._plain = [carn]  # in a list: not a submodule (its weights are the originals, not copies)
         if carn.scale:  # the upsampling tail: its convolutions with the ReLU that follows fused
             self.upsample, self.exit = carn.upsample, carn.exit  # kept as submodules: their shapes are read
             self.tail = []
@@ -257,6 +258,11 @@ class FastCARN(nn.Module):
         return self._radius
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] * x.shape[-1] == 1:
+            # one pixel: NCHW and channels_last are the same strides, and oneDNN's in-place bf16
+            # accumulation then takes a path that has no bf16 add+ReLU; the plain module is exact
+            with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                return self._plain[0](x).to(self.dtype)
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         out = self.entry(x)
         fusions = self.cascade.open(out)
