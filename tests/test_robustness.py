@@ -605,3 +605,147 @@ def test_convert_into_an_unwritable_folder(reference, tmp_path, capsys, monkeypa
     assert convert(reference, "-o", tmp_path / "ro" / "c.safetensors") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not writable" in err and names(tmp_path / "ro") == []
+
+
+# ----------------------------------------------------------------------------- case 2: odd folder entries
+def test_folder_with_a_link_loop_a_fifo_and_a_dangling_link(cli, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image(folder / "a.png")
+    image(folder / "z.png", seed=1)
+    (folder / "loop.png").symlink_to("loop.png")
+    os.mkfifo(folder / "pipe.png")  # opened for reading, it would block until a writer comes
+    (folder / "gone.png").symlink_to(folder / "nothing.png")
+    os.mkfifo(folder / "pipe-without-image-name")  # not an image name: ignored like any such file
+    start = time.monotonic()
+    code, out, err = cli(folder, "-o", tmp_path / "out")
+    assert time.monotonic() - start < 30
+    assert code == 1
+    lines = sorted(err.splitlines())
+    assert len(lines) == 3 and "Traceback" not in err
+    assert lines[0].startswith(f"pcsr upscale: error: {folder / 'gone.png'}: no such file")
+    assert lines[1].startswith(f"pcsr upscale: error: {folder / 'loop.png'}: ") and "loop" in lines[1]
+    assert lines[2] == f"pcsr upscale: error: {folder / 'pipe.png'}: not a regular file (a named pipe)"
+    assert names(tmp_path / "out") == ["a_x4.png", "z_x4.png"]
+
+
+def test_a_fifo_named_as_input_is_never_opened(tmp_path):
+    os.mkfifo(tmp_path / "p.png")
+    with pytest.raises(ImageError, match=r"p.png: not a regular file \(a named pipe\)"):
+        imageio.read_image(tmp_path / "p.png")
+    assert imageio.list_images([tmp_path / "p.png"]) == [tmp_path / "p.png"]
+
+
+def test_training_listings_still_skip_what_is_not_a_file(tmp_path):
+    """Without unreadable=True (training, eval), odd entries are left out as before."""
+    image(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "p.png")
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    assert imageio.list_images([tmp_path]) == [tmp_path / "a.png"]
+    assert imageio.list_images([str(tmp_path / "*.png")]) == [tmp_path / "a.png"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything")
+def test_a_file_without_read_permission(cli, tmp_path):
+    image(tmp_path / "a.png")
+    image(tmp_path / "b.png")
+    (tmp_path / "a.png").chmod(0)
+    try:
+        code, out, err = cli(tmp_path, "-o", tmp_path / "out")
+    finally:
+        (tmp_path / "a.png").chmod(0o644)
+    assert code == 1 and err.count("\n") == 1 and "a.png: cannot read (permission denied)" in err
+    assert names(tmp_path / "out") == ["b_x4.png"]
+
+
+def test_a_file_without_read_permission_simulated(cli, tmp_path, monkeypatch):
+    """As root reads anything, the refusal the kernel gives anyone else is simulated."""
+    image(tmp_path / "a.png")
+    image(tmp_path / "b.png")
+    real = Image.open
+
+    def refuse(fp, *args, **kwargs):
+        if Path(fp).name == "a.png":
+            raise PermissionError(errno.EACCES, "Permission denied", str(fp))
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(imageio.Image, "open", refuse)
+    code, out, err = cli(tmp_path, "-o", tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1 and "a.png: cannot read (permission denied)" in err
+    assert names(tmp_path / "out") == ["b_x4.png"]
+
+
+# ----------------------------------------------------------------------------- case 6: tiles, earlier outputs
+@pytest.mark.parametrize("tile", ["1", "15"])
+def test_a_tile_below_the_minimum_is_a_usage_error_naming_it(cli, tmp_path, capsys, tile):
+    from pcsr.tiling import MIN_TILE
+    image(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as e:
+        cli(tmp_path / "a.png", "-t", tile)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"at least {MIN_TILE}" in err and "0 (never tile)" in err
+    assert names(tmp_path) == ["a.png"]
+
+
+@pytest.mark.parametrize("tile", ["0", "16"])
+def test_zero_and_the_minimum_tile_are_accepted(cli, tmp_path, tile):
+    image(tmp_path / "a.png", 20, 35)
+    code, _, err = cli(tmp_path / "a.png", "-t", tile)
+    assert code == 0, err
+
+
+def test_a_folder_run_skips_its_own_earlier_outputs(cli, tmp_path):
+    image(tmp_path / "a.png")
+    image(tmp_path / "b.jpg", seed=1)
+    code, _, err = cli(tmp_path, "--class-map")
+    assert code == 0, err
+    first = names(tmp_path)
+    assert first == ["a.png", "a_x4.png", "a_x4_classes.png", "b.jpg", "b_x4.jpg", "b_x4_classes.png"]
+    image(tmp_path / "c_x4.png", seed=2)  # no c.* beside it: an input like any other
+    code, out, err = cli(tmp_path, "--overwrite")
+    assert code == 0, err
+    assert [Path(line.split(" -> ")[0]).name for line in out.splitlines()] == ["a.png", "b.jpg", "c_x4.png"]
+    assert err == "pcsr upscale: note: skipped 4 earlier output(s) of pcsr upscale in the input folders; " \
+                  "name them as inputs to upscale them again\n"
+    assert "a_x4_x4.png" not in names(tmp_path) and "c_x4_x4.png" in names(tmp_path)
+
+
+def test_earlier_outputs_named_one_by_one_are_upscaled(cli, tmp_path):
+    image(tmp_path / "a.png")
+    image(tmp_path / "a_x4.png", seed=1)
+    code, out, err = cli(tmp_path / "a_x4.png", str(tmp_path / "a_*.png"))
+    assert code == 0 and err == "" and (tmp_path / "a_x4_x4.png").exists()
+
+
+def test_earlier_outputs_follow_the_suffix(cli, tmp_path):
+    image(tmp_path / "a.png")
+    image(tmp_path / "a_big.png", seed=1)
+    image(tmp_path / "a_x4.png", seed=2)
+    code, out, err = cli(tmp_path, "--suffix", "big", "-o", tmp_path / "out")
+    assert code == 0, err
+    assert names(tmp_path / "out") == ["a_big.png", "a_x4_big.png"] and "skipped 1 earlier" in err
+
+
+# ----------------------------------------------------------------------------- case 8: no import cycle
+def test_upscale_does_not_import_the_cli():
+    """upscale and cli import the shared argument helpers from cliargs, not each other."""
+    code = ("import sys\nimport pcsr.upscale\nprint('pcsr.cli' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)}).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_a_broken_subcommand_module_fails_loudly(monkeypatch):
+    """A subcommand whose module cannot be imported must not vanish from `pcsr --help`."""
+    import pcsr
+    from pcsr import cli as cli_module
+    monkeypatch.setitem(sys.modules, "pcsr.bench", None)  # import pcsr.bench now raises ImportError
+    monkeypatch.delattr(pcsr, "bench", raising=False)
+    with pytest.raises(ImportError):
+        cli_module.build_parser()
+
+
+def test_every_subcommand_is_registered():
+    from pcsr.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"convert", "eval", "upscale", "train", "bench"} <= set(sub.choices)

@@ -408,8 +408,8 @@ def test_device_and_precision_that_cannot_run(cli, tmp_path, args, message):
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_runs_on_a_cpu(cli, tmp_path, monkeypatch, native):
     import warnings
-    from pcsr import api
-    monkeypatch.setattr(api, "fast_bf16", lambda device: native)
+    from pcsr import device
+    monkeypatch.setattr(device, "fast_bf16", lambda device: native)  # where the precision choice asks
     _rgb(tmp_path / "a.png")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -444,6 +444,7 @@ def test_damaged_weights(cli, tmp_path, model_file, damage):
 @pytest.mark.parametrize("args", [
     ["--budget", "1.5"], ["--tile", "-1"], ["--tile", "x"], ["--ext", "gif"], ["--precision", "fp8"],
     ["--device", "tpu"], ["--max-pixels", "0"], ["-k", "1", "--adaptive"], ["--tile-pad", "1"],
+    ["--tile", "4"], ["-t", "15"],
     ["-s", "0"], ["-s", "x"], ["--outscale", "-2"], ["-s", "100"],
 ])
 def test_bad_usage_exits_2(cli, tmp_path, args, capsys):
@@ -574,9 +575,9 @@ def test_output_file_misuse(cli, tmp_path, capsys, extra, message):
 # ----------------------------------------------------------------------------- Real-ESRGAN's flags
 def test_dash_i_and_dash_t_as_in_real_esrgan(cli, tmp_path):
     """`-i` adds inputs beside the positional ones; `-t` is --tile: tiled output equals untiled."""
-    _rgb(tmp_path / "a.png")
-    Image.fromarray(pixels((H, W, 3), seed=1)).save(tmp_path / "b.png")
-    code, out, err = cli("-i", tmp_path / "a.png", "-i", tmp_path / "b.png", "-o", tmp_path / "t", "-t", "4",
+    Image.fromarray(pixels((40, 37, 3))).save(tmp_path / "a.png")  # several tiles of the smallest side
+    Image.fromarray(pixels((33, 20, 3), seed=1)).save(tmp_path / "b.png")
+    code, out, err = cli("-i", tmp_path / "a.png", "-i", tmp_path / "b.png", "-o", tmp_path / "t", "-t", "16",
                          "--quiet")
     assert code == 0, err
     assert out.count("\n") == 2
@@ -651,10 +652,10 @@ def test_first_image_memory_is_prefaulted_once(cli, tmp_path, monkeypatch, model
     monkeypatch.setattr(runtime, "prefault_heap", lambda n: calls.append(n) or True)
     _rgb(tmp_path / "a.png")
     Image.fromarray(pixels((2 * H, 3 * W, 3), seed=2)).save(tmp_path / "b.png")
-    code, _, err = cli(tmp_path / "a.png", tmp_path / "b.png", "-t", "5", "--quiet")
+    code, _, err = cli(tmp_path / "a.png", tmp_path / "b.png", "-t", "16", "--quiet")
     assert code == 0, err
     model = api.load(str(model_file))
-    assert calls == [min(upscale.PREFAULT_CAP, tiling.expected_peak(model, H, W, tile=5))]
+    assert calls == [min(upscale.PREFAULT_CAP, tiling.expected_peak(model, H, W, tile=16))]
     monkeypatch.setattr(tiling, "TYPICAL_SHARE", 1e9)  # an estimate above the cap gets the cap
     calls.clear()
     assert cli(tmp_path / "a.png", "-o", tmp_path / "out", "--quiet")[0] == 0

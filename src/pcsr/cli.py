@@ -100,28 +100,6 @@ def _add_eval(sub):
     p.set_defaults(func=_eval)
 
 
-def _add_routing(p):
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("-k", "--k", type=float, default=0.0,
-                   help="cost rule: class = argmax p_j / cost_j^k; 0 = plain argmax, larger = cheaper (default 0)")
-    g.add_argument("--adaptive", action="store_true", help="adaptive decision (k-means over the whole image)")
-    g.add_argument("--budget", type=float, default=None, metavar="F",
-                   help="send this fraction (0..1) of the pixels to the heavy upsampler")
-    p.add_argument("--no-refine", action="store_true", help="switch off the pixel-wise refinement")
-
-
-def check_routing_args(args) -> None:
-    """Usage errors of the routing flags, before anything imports torch."""
-    if args.budget is not None and not 0.0 <= args.budget <= 1.0:
-        raise PcsrError(f"--budget must be between 0 and 1, got {args.budget}")
-
-
-def routing_from_args(args):
-    check_routing_args(args)
-    from .models.pcsr import Routing
-    return Routing(k=args.k, adaptive=args.adaptive, budget=args.budget, refine=not args.no_refine)
-
-
 def _flat(values) -> list[float]:
     return [v for group in (values or []) for v in group]
 
@@ -190,15 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _commands():
-    cmds = [_add_convert, _add_eval]
-    for module in ("upscale", "training.cli", "bench"):
-        try:
-            mod = __import__(f"pcsr.{module}", fromlist=["add_parser"])
-        except ImportError:
-            continue
-        if hasattr(mod, "add_parser"):
-            cmds.append(mod.add_parser)
-    return cmds
+    """Every subcommand's parser builder. Imported by name: a subcommand whose module fails to import
+    is a bug to see at once, not a subcommand to drop silently. (None of these modules imports torch
+    at import time, so that --help stays fast.)"""
+    from . import bench, upscale
+    from .training import cli as training_cli
+    return [_add_convert, _add_eval, upscale.add_parser, training_cli.add_parser, bench.add_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

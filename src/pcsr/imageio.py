@@ -123,15 +123,28 @@ def _check_input_file(path: Path, name: str) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
+        dangling = path.is_symlink()
+        raise ImageError(f"{name}: no such file" + (" (a symbolic link to nothing)" if dangling else "")) from None
     except NotADirectoryError:
         raise ImageError(f"{name}: no such file (a parent is not a folder)") from None
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageError(f"{name}: cannot read (a loop of symbolic links)") from None
         raise ImageError(f"{name}: cannot read ({err.strerror or err})") from None
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError(f"{name}: is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):  # never opened: a named pipe would block the run for ever
+        raise ImageError(f"{name}: not a regular file ({_special_kind(st.st_mode)})")
     if st.st_size == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
+
+
+def _special_kind(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a plain file"
 
 
 def _too_many_pixels(name: str, err: Exception, max_pixels: int) -> ImageError:
@@ -810,12 +823,15 @@ def _write_tiff16(f: BinaryIO, pixels: np.ndarray, icc: bytes | None) -> None:
 # --------------------------------------------------------------------------- files and folders
 
 
-def list_images(inputs: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+def list_images(inputs: Iterable[str | os.PathLike] | str | os.PathLike, *, unreadable: bool = False) -> list[Path]:
     """Expand files, folders and glob patterns into image paths, in a predictable order.
 
     Folders give their image files (by extension, non-recursive, sorted, hidden files
     such as macOS "._x.jpg" skipped); globs give the matching image files, sorted;
     named files are taken as they are. Each file appears once, at its first place.
+    unreadable: also give entries with an image name that are no regular file (a named pipe, a
+    symbolic link loop or a dangling link), so that the caller reports them (read_image refuses
+    them without opening them) instead of their vanishing silently.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -825,16 +841,16 @@ def list_images(inputs: Iterable[str | os.PathLike] | str | os.PathLike) -> list
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            files = _folder_images(path)
+            files = _folder_images(path, unreadable)
             if not files:
                 raise ImageError(f"{text}: no images in this folder")
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             files = [path]
         elif _GLOB_CHARS.search(text):
             matches = sorted(glob.glob(text))
             if not matches:
                 raise ImageError(f"{text}: no file matches")
-            files = [Path(m) for m in matches if os.path.isfile(m) and _is_image_name(m)]
+            files = [Path(m) for m in matches if _is_image_name(m) and _kind(Path(m), unreadable) == "file"]
             if not files:
                 raise ImageError(f"{text}: no image file matches")
         else:
@@ -854,7 +870,19 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _folder_images(folder: Path) -> list[Path]:
+def _kind(path: Path | os.DirEntry, unreadable: bool) -> str:
+    """"file" (a regular file, or with `unreadable` anything else that is no folder), "folder" or
+    "skip". Never opens the entry, and a symbolic link loop (whose stat raises ELOOP) is no crash."""
+    try:
+        st = path.stat() if isinstance(path, Path) else path.stat(follow_symlinks=True)
+    except OSError:
+        return "file" if unreadable else "skip"  # loop, dangling link, no permission to stat
+    if stat.S_ISDIR(st.st_mode):
+        return "folder"
+    return "file" if unreadable or stat.S_ISREG(st.st_mode) else "skip"
+
+
+def _folder_images(folder: Path, unreadable: bool = False) -> list[Path]:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as err:
@@ -862,7 +890,7 @@ def _folder_images(folder: Path) -> list[Path]:
     return [
         folder / e.name
         for e in entries
-        if not e.name.startswith(".") and _is_image_name(e.name) and e.is_file()
+        if not e.name.startswith(".") and _is_image_name(e.name) and _kind(e, unreadable) == "file"
     ]
 
 

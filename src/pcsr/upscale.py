@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cli, imageio, runtime
+from . import cliargs, imageio, runtime
 from .errors import ImageError, PcsrError
 
 # torch, and the modules that import it, are imported where they are used: `pcsr --help` and
@@ -40,7 +40,10 @@ def add_parser(sub) -> None:
                     "with enough context that the result equals the untiled one; adaptive and budget "
                     "routing are decided over the whole image. Under torchrun the inputs are split "
                     "across the processes.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (their images) or glob patterns")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image files, folders or glob patterns. A folder gives its images except the earlier "
+                        "results of this command beside their sources (<stem>_<suffix>.<ext> next to "
+                        "<stem>.<ext>, and *_classes.png), which are skipped with one note line")
     p.add_argument("-i", "--input", dest="more_inputs", action="append", default=[], metavar="INPUT",
                    help="an input as -i gives it in Real-ESRGAN's scripts (may be repeated; adds to INPUT)")
     p.add_argument("-o", "--output", dest="outdir", default=None, metavar="OUT",
@@ -56,9 +59,10 @@ def add_parser(sub) -> None:
                    help="output format (default auto: the input's own)")
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled model name or path (.safetensors, reference .pth)")
-    cli._add_routing(p)
+    cliargs.add_routing(p)
     p.add_argument("-t", "--tile", type=_count, default=None, metavar="N",
-                   help="tile side in LR pixels (default: from free memory; 0: never tile)")
+                   help="tile side in LR pixels (default: from free memory; 0: never tile; a side below the "
+                        "tiling minimum is refused, naming it)")
     p.add_argument("--tile-pad", type=_count, default=None, metavar="P",
                    help="LR pixels of context around each tile (default and minimum: the model's receptive radius + 2)")
     p.add_argument("--device", default="auto", type=_device, help="auto, cpu or cuda[:N]")
@@ -147,7 +151,7 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     failed = []
     for item in items:
         try:
-            paths = imageio.list_images([item])
+            paths = imageio.list_images([item], unreadable=True)  # named pipes, link loops: one line each
         except ImageError as err:
             failed.append((item, str(err)))
             continue
@@ -161,6 +165,40 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 
 def _key(path: Path) -> str:
     return os.path.normcase(os.path.realpath(path))
+
+
+def earlier_outputs(images: list[Path], folders: list[Path], suffix: str) -> set[str]:
+    """Keys of the images found in `folders` that are this command's own earlier results: named
+    <stem>_<suffix>.<image ext> beside a source <stem>.<any image ext>, or <name>_classes.png beside
+    an image <name>.<ext> (the class map written next to its result). Upscaling them again would
+    only make <stem>_<suffix>_<suffix> files; named one by one or by a glob, they are taken."""
+    if not suffix or not folders:
+        return set()
+    roots = {_key(f) for f in folders}
+    image_exts = {e.lower() for e in (*imageio.IMAGE_EXTENSIONS, *_pillow_extensions())}
+    stems: dict[Path, set[str]] = {}
+    skip = set()
+    for path in images:
+        if _key(path.parent) not in roots:
+            continue
+        if path.parent not in stems:
+            try:
+                names = os.listdir(path.parent)
+            except OSError:
+                names = []
+            stems[path.parent] = {os.path.splitext(n)[0] for n in names if os.path.splitext(n)[1].lower() in image_exts}
+        here, stem = stems[path.parent], path.stem
+        if stem.endswith("_classes") and stem[:-len("_classes")] in here:
+            skip.add(_key(path))
+        elif stem.endswith(f"_{suffix}") and stem[:-len(suffix) - 1] in here:
+            skip.add(_key(path))
+    return skip
+
+
+def _pillow_extensions() -> list[str]:
+    from PIL import Image
+    Image.init()
+    return list(Image.registered_extensions())
 
 
 def output_name(path: Path, suffix: str, ext: str) -> str:
@@ -322,9 +360,13 @@ def run(args) -> int:
     if not items:
         args.usage_error("give at least one input image, folder or glob (INPUT or -i INPUT)")
     try:
-        cli.check_routing_args(args)
+        cliargs.check_routing_args(args)
     except PcsrError as err:
         args.usage_error(str(err))
+    if args.tile:  # None: from free memory; 0: never tile
+        from .tiling import MIN_TILE  # (imports torch: only when a tile side is given)
+        if args.tile < MIN_TILE:
+            args.usage_error(f"--tile must be 0 (never tile) or at least {MIN_TILE} LR pixels, got {args.tile}")
     rank, world = rank_and_world()
     report = _Report(args.json, bars=not args.quiet and rank == 0)
     images, bad_items = expand_inputs(items)
@@ -345,7 +387,7 @@ def run(args) -> int:
         return 1 if report.failures else 0
 
     from . import api, tiling
-    routing = cli.routing_from_args(args)
+    routing = cliargs.routing_from_args(args)
     model = api.load(args.model, device=_device_for_rank(args.device, world), precision=args.precision)
     with api.autocast(model.device, model.precision):  # an impossible precision fails here, once
         pass
@@ -355,6 +397,12 @@ def run(args) -> int:
     if args.class_map and not model.is_pcsr:
         _line(sys.stderr, "pcsr upscale: note: --class-map ignored, this model has no upsampler classes")
     suffix = args.suffix if args.suffix is not None else scale_label(args.outscale or model.scale)
+    skipped = earlier_outputs(images, [Path(i) for i in items if Path(i).is_dir()], suffix)
+    if skipped:
+        images = [p for p in images if _key(p) not in skipped]
+        if rank == 0:
+            _line(sys.stderr, f"pcsr upscale: note: skipped {len(skipped)} earlier output(s) of pcsr upscale in the "
+                              "input folders; name them as inputs to upscale them again")
     jobs = plan_jobs(images, args.outdir, suffix, args.ext, args.class_map and model.is_pcsr, args.overwrite,
                      out_file)
     mine = jobs[rank::world]
