@@ -749,3 +749,43 @@ def test_every_subcommand_is_registered():
     from pcsr.cli import build_parser
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert {"convert", "eval", "upscale", "train", "bench"} <= set(sub.choices)
+
+
+# ----------------------------------------------------------------------------- case 7: eval refuses before it works
+@pytest.fixture
+def eval_data(tmp_path):
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    for i in range(2):
+        image(folder / f"{i}.png", 24, 28, seed=i)
+    return folder
+
+
+@pytest.fixture
+def no_sweep(monkeypatch):
+    """Fails the test if any image is evaluated."""
+    import pcsr.eval
+
+    def sweep(*args, **kwargs):
+        raise AssertionError("an image was processed before the refusal")
+
+    monkeypatch.setattr(pcsr.eval, "sweep", sweep)
+
+
+def test_eval_scale_on_an_original_model_of_another_scale(tmp_path, eval_data, capsys, no_sweep):
+    original = tmp_path / "orig.safetensors"
+    weights.save(build_model(ModelSpec(backbone="fsrcnn", backbone_args={"d": 8, "s": 4, "m": 1}, scale=4)),
+                 original)
+    assert main(["eval", "--model", str(original), "--data", str(eval_data), "--scale", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(original) in err and "x4 only" in err and "--scale 2" in err
+
+
+def test_eval_plot_without_matplotlib(model_file, eval_data, tmp_path, capsys, monkeypatch, no_sweep):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    code = main(["eval", "--model", str(model_file), "--data", str(eval_data), "--plot", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "needs matplotlib" in err and "pcsr[plot]" in err
+    assert not (tmp_path / "p.png").exists()

@@ -127,12 +127,23 @@ def _eval(args) -> int:
     settings = eval_settings(args)
     if args.patch < 1 or not 1 <= args.step <= args.patch:
         raise PcsrError(f"--patch and --step need 1 <= step <= patch, got {args.patch} and {args.step}")
+    if args.scale is not None and args.scale < 1:
+        raise PcsrError(f"--scale must be at least 1, got {args.scale}")
+    if args.plot:  # now, not after a sweep of many minutes
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise PcsrError(f"--plot {args.plot} needs matplotlib: pip install 'pcsr[plot]'") from None
     if args.threads is not None:
         if args.threads < 1:
             raise PcsrError(f"--threads must be at least 1, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)
     models = [api.load(m, device=args.device, precision=args.precision) for m in (args.model or [None])]
+    for name, model in zip(args.model or ["the default model"], models):
+        if args.scale is not None and not model.is_pcsr and args.scale != model.scale:
+            raise PcsrError(f"{name}: an original (non-PCSR) model upscales x{model.scale} only, "
+                            f"not --scale {args.scale}")
     rows = sweep(models, args.data, settings, scale=args.scale, protocol=args.protocol, patch=args.patch,
                  step=args.step, ssim=args.ssim, per_image=args.per_image, exact=args.exact,
                  save_dir=args.save_images, batch=args.batch, progress=not args.json)
