@@ -3,7 +3,13 @@ hostile model files are refused before anything is allocated, outputs are never 
 temporaries never left behind."""
 import errno
 import json
+import os
+import re
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pcsr import upscale, weights
+from pcsr import imageio, upscale, weights
 from pcsr.cli import main
-from pcsr.errors import WeightsError
+from pcsr.errors import ImageError, WeightsError
 from pcsr.models.pcsr import build_model
 from pcsr.models.specs import ModelSpec
 
@@ -352,14 +358,7 @@ def test_reference_checkpoints_never_unpickle_objects(tmp_path):
 
 
 # ----------------------------------------------------------------------------- case 5: signals, stale temporaries, exclusive publish
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
 
-from pcsr import imageio  # noqa: E402
-from pcsr.errors import ImageError  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -516,7 +515,6 @@ def test_model_files_are_published_exclusively(tmp_path):
 
 
 # ----------------------------------------------------------------------------- case 4: convert keeps its input
-import re  # noqa: E402
 
 
 def _reference_key(ours: str) -> str:
