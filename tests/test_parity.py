@@ -71,7 +71,10 @@ def test_pcsr_class_maps_and_images_match(official, crop, name, path):
             assert differ.mean() <= 1e-4, (setting, refine)
             key = f"{name}-pcsr/{setting}/{refine}/sr"
             if key in crop:
-                agree = torch.from_numpy(~differ).expand(3, -1, -1)
+                moved = torch.from_numpy(differ)[None, None].float()
+                if refine == "refine":  # a near-tie pixel in the other class also moves its refined neighbours
+                    moved = torch.nn.functional.max_pool2d(moved, 3, stride=1, padding=1)
+                agree = (moved[0, 0] == 0).expand(3, -1, -1)
                 diff = (res.sr[0] - torch.from_numpy(crop[key]))[agree].abs().max()
                 assert diff <= 1e-4, (setting, refine, float(diff))
                 checked += 1

@@ -194,9 +194,9 @@ def test_cosine_schedule_and_average_loss():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_uses_bf16_only_where_it_is_native(monkeypatch, capsys, native):
-    from pcsr import api
+    from pcsr import device
     from pcsr.training import trainer as tr
-    monkeypatch.setattr(api, "fast_bf16", lambda device: native)
+    monkeypatch.setattr(device, "fast_bf16", lambda device: native)
     cpu = torch.device("cpu")
     assert tr.training_precision("auto", cpu) == ("bf16" if native else "fp32")
     assert tr.training_precision("fp32", cpu) == "fp32"
@@ -205,7 +205,7 @@ def test_auto_precision_uses_bf16_only_where_it_is_native(monkeypatch, capsys, n
 
 
 def test_run_records_the_precision_it_resolved(data, tmp_path):
-    from pcsr.api import fast_bf16
+    from pcsr.device import fast_bf16
     t = train(make(data, precision="auto", optim__iterations=1, val__folders=[]), tmp_path / "p", progress=False)
     want = "bf16" if fast_bf16(torch.device("cpu")) else "fp32"
     assert t.precision == want

@@ -646,8 +646,9 @@ def test_resample_sixteen_bits_matches_pillow_in_float():
 
 
 def test_first_image_memory_is_prefaulted_once(cli, tmp_path, monkeypatch, model_file):
-    """The command asks the heap for the first image's expected peak (capped), once per run."""
-    from pcsr import api, runtime, tiling
+    """The command asks the heap for the first image's expected peak (capped), once per run; the
+    API does the same, once per model (the core prepares memory for every caller)."""
+    from pcsr import api, core, runtime, tiling
     calls = []
     monkeypatch.setattr(runtime, "prefault_heap", lambda n: calls.append(n) or True)
     _rgb(tmp_path / "a.png")
@@ -655,8 +656,12 @@ def test_first_image_memory_is_prefaulted_once(cli, tmp_path, monkeypatch, model
     code, _, err = cli(tmp_path / "a.png", tmp_path / "b.png", "-t", "16", "--quiet")
     assert code == 0, err
     model = api.load(str(model_file))
-    assert calls == [min(upscale.PREFAULT_CAP, tiling.expected_peak(model, H, W, tile=16))]
+    assert calls == [min(core.PREFAULT_CAP, tiling.expected_peak(model, H, W, tile=16))]
+    calls.clear()
+    model.upscale(tmp_path / "a.png")
+    model.upscale(tmp_path / "b.png")
+    assert calls == [min(core.PREFAULT_CAP, tiling.expected_peak(model, H, W))]
     monkeypatch.setattr(tiling, "TYPICAL_SHARE", 1e9)  # an estimate above the cap gets the cap
     calls.clear()
     assert cli(tmp_path / "a.png", "-o", tmp_path / "out", "--quiet")[0] == 0
-    assert calls == [upscale.PREFAULT_CAP]
+    assert calls == [core.PREFAULT_CAP]

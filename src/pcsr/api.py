@@ -83,6 +83,9 @@ class Model(Core):
         `tile` LR pixels (None: a side that fits the free memory; 0: never tile) runs in tiles with
         exact context, in bounded memory."""
         routing = Routing(k=k, adaptive=adaptive, budget=budget, refine=refine)
+        size = _size_of(image)
+        if size is not None:  # before any conversion: a float copy of a huge input is itself the accident
+            self.check_args(*size, scale, tile, None)
         pic = as_picture(image)
         try:
             with warnings.catch_warnings():  # our own views of read-only arrays are never written to
@@ -98,6 +101,20 @@ class Model(Core):
                 from err
         return Upscaled(res.pixels, res.alpha, pic.mode, pic.bits, res.classes, res.counts, int(res.flops),
                         int(res.max_flops), res.heavy_fraction, pic.icc_profile, pic.exif)
+
+
+def _size_of(image) -> tuple[int, int] | None:
+    """(height, width) of an in-memory image, refused above the command's pixel limit."""
+    if isinstance(image, Image.Image):
+        h, w = image.height, image.width
+    elif isinstance(image, np.ndarray) and image.ndim >= 2:
+        h, w = image.shape[:2]
+    else:
+        return None
+    if h * w > imageio.DEFAULT_MAX_PIXELS:
+        raise ImageError(f"{w}x{h} pixels is above the limit of {imageio.DEFAULT_MAX_PIXELS} (as pcsr upscale's "
+                         "--max-pixels)")
+    return (h, w) if h and w else None
 
 
 def as_picture(image) -> imageio.Picture:

@@ -190,8 +190,6 @@ def _commands():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .runtime import keep_freed_memory
-    keep_freed_memory()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

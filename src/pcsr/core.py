@@ -42,6 +42,10 @@ class Core:
         self.net = self.engine.net
         self.name = name
         self._prepared = False
+        if self.device.type == "cpu":
+            # glibc would hand every large freed tensor back to the kernel, and fault it in again for
+            # the next one: keep it (pcsr.runtime; 1.3-1.5x on large images, BENCHMARKS.md)
+            runtime.keep_freed_memory()
 
     @property
     def spec(self):
@@ -118,7 +122,6 @@ class Core:
         if self._prepared or self.device.type != "cpu" or not sys.platform.startswith("linux"):
             return
         self._prepared = True
-        runtime.keep_freed_memory()
         runtime.prefault_heap(min(PREFAULT_CAP, tiling.expected_peak(self, h, w, tile, context)))
 
 

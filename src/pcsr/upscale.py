@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cliargs, imageio, runtime
+from . import cliargs, imageio
 from .errors import ImageError, PcsrError
 
 # torch, and the modules that import it, are imported where they are used: `pcsr --help` and
@@ -25,7 +25,6 @@ from .errors import ImageError, PcsrError
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tif": ".tif"}
 OPACITY = 0.65
-PREFAULT_CAP = 3 << 29        # 1.5 GB: below glibc's trim threshold as keep_freed_memory sets it (2 GB)
 # Light green for the cheapest class and red for the costliest, as in the paper's figures;
 # the classes between take colours that stay apart from both and from each other.
 LIGHT, HEAVY = (144, 238, 144), (255, 0, 0)
@@ -109,11 +108,6 @@ def _scale(text: str) -> float:
 def scale_label(scale: float) -> str:
     """x4, x2.5: the default suffix."""
     return f"x{scale:g}"
-
-
-def out_size(h: int, w: int, scale: float) -> tuple[int, int]:
-    """Output (height, width) of an h x w input at `scale`, at least one pixel each."""
-    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def _device(text: str) -> str:
@@ -261,10 +255,9 @@ class Outcome:
 
 
 def upscale_file(model: "core.Core", job: Job, routing, *, tile=None, pad=None,
-                 max_pixels=imageio.DEFAULT_MAX_PIXELS, progress=None, outscale: float | None = None,
-                 prepare=None) -> Outcome:
+                 max_pixels=imageio.DEFAULT_MAX_PIXELS, progress=None, outscale: float | None = None) -> Outcome:
     """Read, upscale (by the inference core), write one image and its class map; raises PcsrError
-    with a one-line reason. (`prepare` is no longer used: the core prepares memory itself.)"""
+    with a one-line reason. The core prepares the process's memory before the first image."""
     t0 = time.perf_counter()
     pic = imageio.read_image(job.input, max_pixels=max_pixels)
     try:
@@ -389,8 +382,6 @@ def run(args) -> int:
     from . import api, tiling
     routing = cliargs.routing_from_args(args)
     model = api.load(args.model, device=_device_for_rank(args.device, world), precision=args.precision)
-    with api.autocast(model.device, model.precision):  # an impossible precision fails here, once
-        pass
     need = tiling.required_context(model)
     if args.tile_pad is not None and args.tile_pad < need:
         args.usage_error(f"--tile-pad {args.tile_pad} is below this model's need of {need} LR pixels of context")
@@ -413,14 +404,6 @@ def run(args) -> int:
     def tile_bar(total: int):
         return tqdm(total=total, desc="tiles", unit="tile", leave=False, file=sys.stderr, disable=not bars)
 
-    prepared = []
-
-    def prepare(h: int, w: int) -> None:
-        """Before the first image only: its working memory faulted in at once (runtime.prefault_heap)."""
-        if not prepared and model.device.type == "cpu":
-            prepared.append(runtime.prefault_heap(min(PREFAULT_CAP, tiling.expected_peak(model, h, w, args.tile,
-                                                                                             args.tile_pad))))
-
     writable: dict[str, str | None] = {}
     with imageio.exclusive_writes(not args.overwrite):  # a file another run publishes meanwhile is kept
         for job in tqdm(mine, desc="upscale", unit="img", file=sys.stderr, disable=not bars or len(mine) < 2):
@@ -431,8 +414,7 @@ def run(args) -> int:
                 continue
             try:
                 outcome = upscale_file(model, job, routing, tile=args.tile, pad=args.tile_pad,
-                                       max_pixels=args.max_pixels, progress=tile_bar, outscale=args.outscale,
-                                       prepare=prepare)
+                                       max_pixels=args.max_pixels, progress=tile_bar, outscale=args.outscale)
             except Exception as err:  # noqa: BLE001 - one bad image must never cost the rest of the batch
                 # (KeyboardInterrupt and the signals turned into it are BaseException: they still stop the run)
                 report.fail(str(job.input), job.output, failure_reason(job.input, err))

@@ -110,6 +110,15 @@ class ByClass:
         return torch.nonzero(self.classes == self.j).squeeze(1)
 
 
+def _version(t: torch.Tensor) -> int:
+    """The in-place change counter of a weight; tensors made in inference mode have none (and
+    cannot be changed in place outside it): their storage address stands in."""
+    try:
+        return t._version
+    except RuntimeError:
+        return t.data_ptr()
+
+
 # ----------------------------------------------------------------------------- the engine
 class CpuEngine(Engine):
     name = "cpu"
@@ -167,7 +176,7 @@ class CpuEngine(Engine):
         if not isinstance(q, SubpixelQueries) or not self.kernel_ready(dtype):
             return None
         # the weights' version counters: a layout made before an in-place change of them is stale
-        key = (id(mlp), dtype, q.c, tuple(p._version for p in mlp.parameters()))
+        key = (id(mlp), dtype, q.c, tuple(_version(p) for p in mlp.parameters()))
         if key not in self._fused:
             f = kernels.FusedMLP(mlp, q.c, dtype)
             self._fused[key] = f if f.supported else None
@@ -175,7 +184,9 @@ class CpuEngine(Engine):
 
     def mlp_rows(self, q, mlp, rows=None, dtype=None) -> torch.Tensor:
         if not isinstance(q, SubpixelQueries):
-            return super().mlp_rows(q, mlp, rows, dtype)
+            # point queries hold every row's inputs already: one product per layer, unchunked (the
+            # rounding of the reference's own code, which its class maps at near-ties depend on)
+            return q.run(mlp, rows, dtype=dtype)
         if isinstance(rows, ByClass):
             rows = rows.rows()
         dtype = self._compute_dtype(dtype)
