@@ -192,13 +192,13 @@ def test_specs_in_bounds_are_accepted():
 
 
 def test_backbone_bounds_cover_every_backbone_option():
-    """The bounds table names exactly each backbone's config fields, with the same defaults."""
-    from dataclasses import fields
-    from pcsr.models.backbones import BACKBONES
-    from pcsr.models.specs import BACKBONE_OPTIONS
-    assert set(BACKBONE_OPTIONS) == set(BACKBONES)
-    for name, (cfg, _) in BACKBONES.items():
-        assert {f.name: f.default for f in fields(cfg)} == {k: v[0] for k, v in BACKBONE_OPTIONS[name].items()}
+    """A registration's bounds name exactly its config's fields, and the defaults lie within them."""
+    from pcsr.models.backbones import REGISTRY, Registration
+    from pcsr.models.backbones.carn import CARN, CARNConfig
+    for reg in REGISTRY.values():
+        assert all(lo <= reg.defaults()[k] <= hi for k, (lo, hi) in reg.bounds.items())
+    with pytest.raises(ValueError, match="exactly the config fields"):
+        Registration("bad", CARNConfig, CARN, {"nf": (1, 8)}, tiny={})
 
 
 def write_model(path: Path, tensors: dict, spec, info: str | None = None, fmt: str = "1") -> Path:

@@ -51,10 +51,11 @@ def _mean_buffer(spec: ModelSpec) -> torch.Tensor:
 class OriginalSR(nn.Module):
     """A backbone with its own upsampling tail; no routing."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, registry: dict | None = None):
         super().__init__()
         self.spec = spec
-        self.backbone: Backbone = build_backbone(spec.backbone, spec.backbone_args, scale=spec.scale)
+        self.backbone: Backbone = build_backbone(spec.backbone, spec.backbone_args, scale=spec.scale,
+                                                 registry=registry)
         self.register_buffer("mean", _mean_buffer(spec), persistent=False)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
@@ -63,10 +64,10 @@ class OriginalSR(nn.Module):
 
 
 class PCSR(nn.Module):
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, registry: dict | None = None):
         super().__init__()
         self.spec = spec
-        self.backbone: Backbone = build_backbone(spec.backbone, spec.backbone_args, scale=None)
+        self.backbone: Backbone = build_backbone(spec.backbone, spec.backbone_args, scale=None, registry=registry)
         c = self.backbone.out_channels + 4
         self.classifier = MLP(c, spec.classifier, len(spec.upsamplers))
         self.upsamplers = nn.ModuleList(MLP(c, h, 3) for h in spec.upsamplers)
@@ -170,5 +171,6 @@ class PCSR(nn.Module):
         return torch.cat(out).to(torch.uint8)
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    return PCSR(spec) if spec.is_pcsr else OriginalSR(spec)
+def build_model(spec: ModelSpec, registry: dict | None = None) -> nn.Module:
+    """The network a spec describes; `registry`: another backbone table than the package's own."""
+    return PCSR(spec, registry) if spec.is_pcsr else OriginalSR(spec, registry)

@@ -1,8 +1,8 @@
 """Typed model specs: everything needed to rebuild a model, and nothing else.
 
 A spec round-trips through a plain dict (stored as JSON in the weights file), so a model
-file rebuilds its network without code lookups beyond the small name -> class table in
-`backbones.BACKBONES`.
+file rebuilds its network without code lookups beyond the backbone registry
+(`backbones.REGISTRY`, which also holds each backbone option's bounds).
 
 A model file is data from anywhere, and the spec decides how much memory building the network
 takes: every field is checked for its type and a sane bound here, before anything is allocated,
@@ -11,21 +11,12 @@ so that a spec asking for a terabyte layer is refused in one line instead of att
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from numbers import Integral, Real
 
 from ..errors import WeightsError
+from .backbones import REGISTRY
 
-# Backbone options: (default, smallest, largest). The defaults are those of each backbone's config
-# dataclass (a test holds the two together); they are needed here to check options that depend on
-# each other (CARN's groups must divide nf) when a spec leaves one out. Widths above 1024 or depths
-# above 256 are far beyond any SR backbone this package runs, and would only serve to exhaust memory.
-MAX_WIDTH, MAX_DEPTH = 1024, 256
-BACKBONE_OPTIONS: dict[str, dict[str, tuple[int, int, int]]] = {
-    "fsrcnn": {"d": (56, 1, MAX_WIDTH), "s": (12, 1, MAX_WIDTH), "m": (4, 1, MAX_DEPTH)},
-    "carn": {"nf": (64, 1, MAX_WIDTH), "groups": (4, 1, MAX_WIDTH)},
-    "msrresnet": {"nf": (64, 1, MAX_WIDTH), "nb": (16, 1, MAX_DEPTH)},
-}
 MAX_SCALE = 16
 MAX_MLP_WIDTH, MAX_MLP_LAYERS = 4096, 16   # per-pixel MLPs: a hidden layer's width, hidden layers
 MAX_CLASSES = 16                           # upsamplers of a PCSR model (class maps are uint8)
@@ -56,24 +47,23 @@ def _widths(value, what: str) -> tuple[int, ...]:
     return tuple(_int_in(w, 1, MAX_MLP_WIDTH, f"{what}[{i}]") for i, w in enumerate(items))
 
 
-def check_backbone(name, args) -> dict:
-    """The backbone's options as plain ints, or WeightsError naming the first bad one."""
+def check_backbone(name, args, registry: dict | None = None) -> dict:
+    """The backbone's options as plain ints within the bounds its registration gives (pcsr.models.
+    backbones), or WeightsError naming the first bad one."""
+    table = REGISTRY if registry is None else registry
     if not isinstance(name, str):
         raise WeightsError(f"model spec: backbone must be a name, got {type(name).__name__}")
-    if name not in BACKBONE_OPTIONS:
-        raise WeightsError(f"unknown backbone {name[:40]!r}; known: {', '.join(BACKBONE_OPTIONS)}")
+    if name not in table:
+        raise WeightsError(f"unknown backbone {name[:40]!r}; known: {', '.join(table)}")
     if not isinstance(args, dict):
         raise WeightsError(f"model spec: backbone_args must be a mapping, got {type(args).__name__}")
-    options = BACKBONE_OPTIONS[name]
-    unknown = [k for k in args if k not in options]
+    reg = table[name]
+    unknown = [k for k in args if k not in reg.bounds]
     if unknown:
         raise WeightsError(f"backbone {name!r}: unknown options {sorted(str(k)[:40] for k in unknown)[:5]}")
-    checked = {k: _int_in(v, options[k][1], options[k][2], f"backbone_args.{k}") for k, v in args.items()}
-    if name == "carn":
-        nf = checked.get("nf", options["nf"][0])
-        groups = checked.get("groups", options["groups"][0])
-        if nf % groups:
-            raise WeightsError(f"carn: nf={nf} is not divisible by groups={groups}")
+    checked = {k: _int_in(v, *reg.bounds[k], f"backbone_args.{k}") for k, v in args.items()}
+    if reg.check is not None:  # options that depend on each other (CARN: groups divide nf), defaults filled in
+        reg.check(reg.config(**{**reg.defaults(), **checked}))
     return checked
 
 
@@ -81,7 +71,7 @@ def check_backbone(name, args) -> dict:
 class ModelSpec:
     """A PCSR model (upsamplers given) or an "original" SR model with its own tail (none given).
 
-    backbone:      name in BACKBONES ("fsrcnn", "carn", "msrresnet")
+    backbone:      name in the backbone registry ("fsrcnn", "carn", "msrresnet")
     backbone_args: fields of that backbone's config dataclass
     scale:         the scale the model was trained for (the only scale of an original model)
     upsamplers:    hidden widths of each per-pixel upsampler MLP, cheapest first
@@ -95,11 +85,12 @@ class ModelSpec:
     upsamplers: tuple[tuple[int, ...], ...] = ()
     classifier: tuple[int, ...] = ()
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    registry: InitVar[dict | None] = None  # another backbone table (tests of a new backbone); not stored
 
-    def __post_init__(self):
+    def __post_init__(self, registry):
         # Checked here rather than in from_dict so that a spec made in code (training configs) is
         # held to the same bounds as one read from a file.
-        object.__setattr__(self, "backbone_args", check_backbone(self.backbone, self.backbone_args))
+        object.__setattr__(self, "backbone_args", check_backbone(self.backbone, self.backbone_args, registry))
         object.__setattr__(self, "scale", _int_in(self.scale, 1, MAX_SCALE, "scale"))
         ups = _sequence(self.upsamplers, "upsamplers")
         if len(ups) == 1:

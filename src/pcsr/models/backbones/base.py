@@ -53,9 +53,10 @@ def measure(module: nn.Module, channels: int = 3) -> Measured:
     was_training = module.training
     try:
         module.eval()
-        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        first = next(module.parameters(), None)
+        like = {} if first is None else {"device": first.device, "dtype": first.dtype}
         with torch.no_grad():
-            module(torch.zeros(1, channels, PROBE, PROBE, device=device))
+            module(torch.zeros(1, channels, PROBE, PROBE, **like))
     finally:
         for h in handles:
             h.remove()
