@@ -13,6 +13,7 @@ import importlib.machinery
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -91,12 +92,50 @@ def refine(sr: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
             and classes.dtype == torch.uint8 and classes.shape == (sr.shape[0], *sr.shape[2:])
             and sr.permute(0, 2, 3, 1).is_contiguous()):
         return None
-    cls = classes.contiguous()
-    n, c, h, w = sr.shape
     out = torch.empty_like(sr)  # keeps the layout
-    if _library().pcsr_refine_f32(sr.data_ptr(), cls.data_ptr(), n, h, w, c, out.data_ptr(), torch.get_num_threads()):
+    try:
+        torch.ops.pcsr.refine(sr, classes.contiguous(), out, torch.get_num_threads())
+    except RuntimeError:
         return None
     return out
+
+
+# ----------------------------------------------------------------------------- the custom ops
+# Each kernel is a torch operator with a schema (torch checks argument kinds, devices and which
+# tensor is written), so that it dispatches, profiles and traces like torch's own; behind the
+# schema, the C entry point takes raw pointers and sizes that the callers above have checked.
+def _pointers(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+@torch.library.custom_op("pcsr::mlp", mutates_args=("out",), device_types="cpu")
+def _mlp_op(proj: torch.Tensor, sub_bias: torch.Tensor, pix: Optional[torch.Tensor], classes: Optional[torch.Tensor],
+            want: int, n: int, scatter: bool, dims: List[int], wt: List[torch.Tensor], b: List[torch.Tensor],
+            out: torch.Tensor, threads: int) -> None:
+    lib = _library()
+    run = lib.pcsr_mlp_bf16 if proj.dtype == torch.bfloat16 else lib.pcsr_mlp_f32
+    code = run(proj.data_ptr(), proj.shape[-1], sub_bias.data_ptr(), sub_bias.shape[0],
+               None if pix is None else pix.data_ptr(), None if classes is None else classes.data_ptr(),
+               want, int(scatter), n, len(wt), (ctypes.c_int32 * len(dims))(*dims), _pointers(wt), _pointers(b),
+               out.data_ptr(), threads)
+    if code:
+        raise RuntimeError("the MLP kernel refused its arguments")
+
+
+@torch.library.custom_op("pcsr::gconv3x3", mutates_args=("out",), device_types="cpu")
+def _gconv_op(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor, groups: int, cin: int, cout: int, relu: bool,
+              out: torch.Tensor, threads: int) -> None:
+    n, _, h, w = x.shape
+    if _library().pcsr_gconv3x3_f32(x.data_ptr(), n, h, w, groups, cin, cout, wt.data_ptr(), bias.data_ptr(),
+                                    int(relu), out.data_ptr(), threads):
+        raise RuntimeError("the grouped convolution kernel refused its arguments")
+
+
+@torch.library.custom_op("pcsr::refine", mutates_args=("out",), device_types="cpu")
+def _refine_op(sr: torch.Tensor, classes: torch.Tensor, out: torch.Tensor, threads: int) -> None:
+    n, c, h, w = sr.shape
+    if _library().pcsr_refine_f32(sr.data_ptr(), classes.data_ptr(), n, h, w, c, out.data_ptr(), threads):
+        raise RuntimeError("the refinement kernel refused its arguments")
 
 
 def _pad(n: int, to: int) -> int:
@@ -139,10 +178,6 @@ class FusedMLP:
         lib = _library()
         self.supported = (lib is not None and len(lins) >= 2 and (not self.bf16 or bool(lib.pcsr_bf16_supported()))
                           and max(_pad(d, lanes) for d in self.dims) <= lib.pcsr_max_width())
-        self._run = None if lib is None else (lib.pcsr_mlp_bf16 if self.bf16 else lib.pcsr_mlp_f32)
-        self._dims = (ctypes.c_int32 * len(self.dims))(*self.dims)
-        self._wt = (ctypes.c_void_p * len(self.wt))(*[t.data_ptr() for t in self.wt])
-        self._b = (ctypes.c_void_p * len(self.b))(*[t.data_ptr() for t in self.b])
 
     def project(self, feat_rows: torch.Tensor) -> torch.Tensor:
         """(n_lr, C) features -> (n_lr, w0) first-layer projections in the kernel's dtype (padding
@@ -197,12 +232,8 @@ class FusedMLP:
         if (proj.shape[-1] != self.w0 or sub_bias.shape[-1] != self.w0 or proj.dtype != self.proj_weight.dtype
                 or sub_bias.dtype != torch.float32 or proj.device.type != "cpu"):
             raise ValueError("projections must come from this MLP's project() and subpixel_bias()")
-        threads = threads or torch.get_num_threads()
-        code = self._run(proj.data_ptr(), self.w0, sub_bias.data_ptr(), sub_bias.shape[0],
-                         None if pix is None else pix.data_ptr(), None if classes is None else classes.data_ptr(),
-                         want, scatter, n, len(self.wt), self._dims, self._wt, self._b, out.data_ptr(), threads)
-        if code:
-            raise RuntimeError("the MLP kernel refused its arguments")
+        torch.ops.pcsr.mlp(proj, sub_bias, pix, classes, want, n, bool(scatter), self.dims, self.wt, self.b, out,
+                           threads or torch.get_num_threads())
         return out
 
 
@@ -238,9 +269,6 @@ class GroupedConv3x3:
         relu = self.relu if relu is None else relu
         n, _, h, w = x.shape
         out = torch.empty(n, self.groups * self.cout, h, w, memory_format=torch.channels_last)
-        code = _library().pcsr_gconv3x3_f32(x.data_ptr(), n, h, w, self.groups, self.cin, self.cout,
-                                            self.wt.data_ptr(), self.bias.data_ptr(), int(relu),
-                                            out.data_ptr(), torch.get_num_threads())
-        if code:
-            raise RuntimeError("the grouped convolution kernel refused its arguments")
+        torch.ops.pcsr.gconv3x3(x, self.wt, self.bias, self.groups, self.cin, self.cout, bool(relu), out,
+                                torch.get_num_threads())
         return out
