@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from pcsr import api, weights  # noqa: E402
-from pcsr.imageio import write_image  # noqa: E402
+from pcsr.io import write_image  # noqa: E402
 from pcsr.eval import (Runner, Setting, Units, hr_tensor, make_lr, make_settings, plot_curves,  # noqa: E402
                        sweep, tint, to_uint8)
 

@@ -26,7 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pcsr import api, imageio, runtime, tiling, upscale, weights  # noqa: E402
+from pcsr import api, runtime, tiling, upscale, weights  # noqa: E402
+from pcsr.io import list_images, read_image, write_image  # noqa: E402
 from pcsr.models.pcsr import Routing  # noqa: E402
 from pcsr.resize import imresize  # noqa: E402
 
@@ -43,13 +44,13 @@ def default_model() -> str:
 
 def mosaic(width: int = LR_W, height: int = LR_H, cell: int = 160) -> np.ndarray:
     """(H, W, 3) float32: bench photos at half size, centre-cropped to square cells, one at a time."""
-    files = imageio.list_images(sorted(str(p) for p in BENCH.glob("*") if p.is_dir())) if BENCH.is_dir() else []
+    files = list_images(sorted(str(p) for p in BENCH.glob("*") if p.is_dir())) if BENCH.is_dir() else []
     if not files:
         return synthetic(width, height)
     out = np.zeros((height, width, 3), dtype=np.float32)
     cells = [(y, x) for y in range(0, height, cell) for x in range(0, width, cell)]
     for (y, x), path in zip(cells, files * (len(cells) // len(files) + 1)):
-        hr = torch.from_numpy(imageio.read_image(path).rgb).permute(2, 0, 1)
+        hr = torch.from_numpy(read_image(path).rgb).permute(2, 0, 1)
         small = imresize(hr, 0.5).clamp(0, 1).permute(1, 2, 0).numpy()
         h, w = small.shape[:2]
         if min(h, w) < cell:
@@ -172,12 +173,12 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "lr.png"
-        imageio.write_image(src, mosaic())
+        write_image(src, mosaic())
         dst = Path(args.keep) if args.keep else Path(tmp) / "sr.png"
         rss_before = rss_gb()
 
         t0 = time.perf_counter()
-        pic = imageio.read_image(src)
+        pic = read_image(src)
         lr = torch.from_numpy(pic.rgb).permute(2, 0, 1)
         t1 = time.perf_counter()
         if model.device.type == "cpu":  # as `pcsr upscale` does before its first image (timed with it)
@@ -186,7 +187,7 @@ def main() -> int:
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        imageio.write_image(dst, res.pixels, mode=pic.mode, bits=pic.bits)
+        write_image(dst, res.pixels, mode=pic.mode, bits=pic.bits)
         t3 = time.perf_counter()
 
     H, W = res.pixels.shape[:2]

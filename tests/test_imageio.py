@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcsr import imageio
 from pcsr.errors import ImageError
-from pcsr.imageio import (
+from pcsr.io import (
     IMAGE_EXTENSIONS,
     check_output_dir,
     list_images,
@@ -525,7 +524,7 @@ def test_interrupted_16bit_write_leaves_nothing(tmp_path, monkeypatch, ext):
     def interrupted_fsync(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imageio.os, "fsync", interrupted_fsync)
+    monkeypatch.setattr(os, "fsync", interrupted_fsync)
     with pytest.raises(KeyboardInterrupt):
         write_image(tmp_path / f"out{ext}", np.zeros((H, W, 3)), bits=16)
     assert os.listdir(tmp_path) == []

@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pcsr import imageio, upscale, weights
+from pcsr import io as pio
+from pcsr import upscale, weights
 from pcsr.cli import main
 from pcsr.errors import ImageError, WeightsError
 from pcsr.models.pcsr import build_model
@@ -398,13 +399,13 @@ def test_an_ignored_sighup_stays_ignored(tmp_path):
 
 HANGING_WRITER = """
 import sys, time
-from pcsr import imageio
+from pcsr import io as pio
 def writer(f):
     f.write(b"partial")
     f.flush()
     print("ready", flush=True)
     time.sleep(60)
-imageio.atomic_write(sys.argv[1], writer)
+pio.atomic_write(sys.argv[1], writer)
 """
 
 
@@ -443,7 +444,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed_by_the_next_write(tmp_pat
     folder_link = tmp_path / f".f.png.pcsr-{_dead_pid()}-0123abcd.tmp"
     folder_link.mkdir()  # our name, but a folder: never ours to remove
     _age(folder_link, 3600)
-    imageio.write_image(tmp_path / "new.png", np.zeros((2, 2, 3)))
+    pio.write_image(tmp_path / "new.png", np.zeros((2, 2, 3)))
     left = set(p.name for p in tmp_path.iterdir())
     assert killed.name not in left
     assert {fresh_killed.name, live.name, folder_link.name, "new.png"} | {d.name for d in decoys} == left
@@ -463,9 +464,9 @@ def test_exclusive_write_never_replaces_a_file_published_meanwhile(tmp_path):
         f.write(b"ours")
 
     with pytest.raises(ImageError, match="a.png: already exists"):
-        imageio.atomic_write(target, other_run_publishes_first, overwrite=False)
+        pio.atomic_write(target, other_run_publishes_first, overwrite=False)
     assert target.read_bytes() == b"the other run's image" and names(tmp_path) == ["a.png"]
-    imageio.atomic_write(target, other_run_publishes_first, overwrite=True)
+    pio.atomic_write(target, other_run_publishes_first, overwrite=True)
     assert target.read_bytes() == b"ours" and names(tmp_path) == ["a.png"]
 
 
@@ -474,11 +475,11 @@ def test_exclusive_write_without_hard_links(tmp_path, monkeypatch, code):
     def no_links(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(imageio.os, "link", no_links)
-    imageio.atomic_write(tmp_path / "a.png", lambda f: f.write(b"first"), overwrite=False)
+    monkeypatch.setattr(os, "link", no_links)
+    pio.atomic_write(tmp_path / "a.png", lambda f: f.write(b"first"), overwrite=False)
     assert (tmp_path / "a.png").read_bytes() == b"first" and names(tmp_path) == ["a.png"]
     with pytest.raises(ImageError, match="already exists"):
-        imageio.atomic_write(tmp_path / "a.png", lambda f: f.write(b"second"), overwrite=False)
+        pio.atomic_write(tmp_path / "a.png", lambda f: f.write(b"second"), overwrite=False)
     assert (tmp_path / "a.png").read_bytes() == b"first" and names(tmp_path) == ["a.png"]
 
 
@@ -591,14 +592,14 @@ def test_convert_write_errors_are_one_line(reference, tmp_path, capsys, where, w
 
 def test_convert_into_an_unwritable_folder(reference, tmp_path, capsys, monkeypatch):
     """Simulated, since root may write anywhere: creating the temporary is refused."""
-    real = imageio.os.open
+    real = os.open
 
     def refuse_temporaries(path, *args, **kwargs):
         if ".pcsr-" in os.fspath(path):
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(imageio.os, "open", refuse_temporaries)
+    monkeypatch.setattr(os, "open", refuse_temporaries)
     (tmp_path / "ro").mkdir()
     assert convert(reference, "-o", tmp_path / "ro" / "c.safetensors") == 1
     err = capsys.readouterr().err
@@ -630,8 +631,8 @@ def test_folder_with_a_link_loop_a_fifo_and_a_dangling_link(cli, tmp_path):
 def test_a_fifo_named_as_input_is_never_opened(tmp_path):
     os.mkfifo(tmp_path / "p.png")
     with pytest.raises(ImageError, match=r"p.png: not a regular file \(a named pipe\)"):
-        imageio.read_image(tmp_path / "p.png")
-    assert imageio.list_images([tmp_path / "p.png"]) == [tmp_path / "p.png"]
+        pio.read_image(tmp_path / "p.png")
+    assert pio.list_images([tmp_path / "p.png"]) == [tmp_path / "p.png"]
 
 
 def test_training_listings_still_skip_what_is_not_a_file(tmp_path):
@@ -639,8 +640,8 @@ def test_training_listings_still_skip_what_is_not_a_file(tmp_path):
     image(tmp_path / "a.png")
     os.mkfifo(tmp_path / "p.png")
     (tmp_path / "loop.png").symlink_to("loop.png")
-    assert imageio.list_images([tmp_path]) == [tmp_path / "a.png"]
-    assert imageio.list_images([str(tmp_path / "*.png")]) == [tmp_path / "a.png"]
+    assert pio.list_images([tmp_path]) == [tmp_path / "a.png"]
+    assert pio.list_images([str(tmp_path / "*.png")]) == [tmp_path / "a.png"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything")
@@ -667,7 +668,7 @@ def test_a_file_without_read_permission_simulated(cli, tmp_path, monkeypatch):
             raise PermissionError(errno.EACCES, "Permission denied", str(fp))
         return real(fp, *args, **kwargs)
 
-    monkeypatch.setattr(imageio.Image, "open", refuse)
+    monkeypatch.setattr(Image, "open", refuse)
     code, out, err = cli(tmp_path, "-o", tmp_path / "out")
     assert code == 1 and err.count("\n") == 1 and "a.png: cannot read (permission denied)" in err
     assert names(tmp_path / "out") == ["b_x4.png"]

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from pcsr import imageio, upscale, weights
+from pcsr import io as pio
+from pcsr import upscale, weights
 from pcsr.cli import main
 from pcsr.models.pcsr import build_model
 from pcsr.models.specs import ModelSpec
@@ -83,7 +84,7 @@ def _palette_transparent(path):
 
 
 def _png16(path):
-    imageio.write_image(path, pixels((H, W, 3), dtype=np.uint16), bits=16)
+    pio.write_image(path, pixels((H, W, 3), dtype=np.uint16), bits=16)
 
 
 def _gray16(path):
@@ -117,20 +118,20 @@ def test_every_image_kind_round_trips(cli, tmp_path, kind):
     stem, ext = name.rsplit(".", 1)
     result = tmp_path / "out" / f"{stem}_x{S}.{ext}"
     assert out.startswith(f"{src} -> {result}  {W * S}x{H * S}  flops: ")
-    pic = imageio.read_image(result)
+    pic = pio.read_image(result)
     assert pic.rgb.shape == (H * S, W * S, 3)
     assert (pic.mode, pic.bits) == (mode, bits)
     if pic.alpha is not None:
-        source_alpha = imageio.read_image(src).alpha
+        source_alpha = pio.read_image(src).alpha
         assert abs(pic.alpha.mean() - source_alpha.mean()) < 0.05  # bicubic keeps the mean
 
 
 def test_sixteen_bits_are_kept(cli, tmp_path):
     """A smooth 16-bit image keeps detail below the 8-bit step."""
     ramp = np.linspace(0, 1, W, dtype=np.float32)[None, :, None] * np.ones((H, 1, 3), np.float32) * 0.01 + 0.5
-    imageio.write_image(tmp_path / "a.png", ramp, bits=16)
+    pio.write_image(tmp_path / "a.png", ramp, bits=16)
     assert cli(tmp_path / "a.png", "--quiet")[0] == 0
-    values = np.rint(imageio.read_image(tmp_path / "a_x4.png").rgb * 65535).astype(int)
+    values = np.rint(pio.read_image(tmp_path / "a_x4.png").rgb * 65535).astype(int)
     assert len(np.unique(values[..., 0])) > 8  # more levels than 8 bits could give in 0.5..0.51
 
 
@@ -182,7 +183,7 @@ def test_animated_gif_warns_that_only_the_first_frame_is_upscaled(cli, tmp_path)
     assert err == f"pcsr upscale: warning: {tmp_path / 'anim.gif'}: 3 frames; only the first is upscaled\n"
     first = np.asarray(Image.open(tmp_path / "anim.gif").convert("RGB"))
     with pytest.warns(UserWarning, match="3 frames"):
-        pic = imageio.read_image(tmp_path / "anim.gif")
+        pic = pio.read_image(tmp_path / "anim.gif")
     assert np.array_equal(np.rint(pic.rgb * 255).astype(np.uint8), first)
 
 
@@ -232,7 +233,7 @@ def test_never_overwrites_without_overwrite(cli, tmp_path):
     assert (tmp_path / "a_x4.png").read_bytes() == b"precious"
     code, _, err = cli(tmp_path / "a.png", "--quiet", "--overwrite")
     assert code == 0, err
-    assert imageio.read_image(tmp_path / "a_x4.png").rgb.shape == (H * S, W * S, 3)
+    assert pio.read_image(tmp_path / "a_x4.png").rgb.shape == (H * S, W * S, 3)
 
 
 def test_never_overwrites_an_input(cli, tmp_path):
@@ -380,14 +381,14 @@ def test_unwritable_folder_next_to_one_input(cli, tmp_path, monkeypatch):
     for folder in ("locked", "open"):
         (tmp_path / folder).mkdir()
         _rgb(tmp_path / folder / "a.png")
-    real = imageio.check_output_dir
+    real = upscale.check_output_dir
 
     def check(path):
         if Path(path).name == "locked":
-            raise imageio.ImageError(f"{path}/: output folder is not writable")
+            raise pio.ImageError(f"{path}/: output folder is not writable")
         return real(path)
 
-    monkeypatch.setattr(imageio, "check_output_dir", check)
+    monkeypatch.setattr(upscale, "check_output_dir", check)
     code, out, err = cli(tmp_path / "locked" / "a.png", tmp_path / "open" / "a.png", "--quiet")
     assert code == 1 and err.count("\n") == 1
     assert str(tmp_path / "locked" / "a.png") in err and "output folder is not writable" in err
@@ -418,7 +419,7 @@ def test_bf16_runs_on_a_cpu(cli, tmp_path, monkeypatch, native):
     warned = [line for line in err.splitlines() if "warning" in line]
     assert warned == ([] if native else [warned[0]]) and (native or "emulated" in warned[0])
     assert (native or warned[0].startswith("pcsr upscale: warning: ")), err
-    assert imageio.read_image(tmp_path / "a_x4.png").rgb.shape == (H * S, W * S, 3)
+    assert pio.read_image(tmp_path / "a_x4.png").rgb.shape == (H * S, W * S, 3)
 
 
 def test_unknown_model(cli, tmp_path):
@@ -529,10 +530,10 @@ def test_integer_samples_write_like_floats(tmp_path, mode, bits, channels):
     samples = pixels((H, W, channels), 3, dtype)
     alpha = pixels((H, W), 4, dtype) if "A" in mode else None
     as_float = samples.astype(np.float32) / top
-    imageio.write_image(tmp_path / "i.png", samples, mode=mode, bits=bits, alpha=alpha)
-    imageio.write_image(tmp_path / "f.png", as_float if channels == 3 else np.repeat(as_float, 3, axis=2),
-                        mode=mode, bits=bits, alpha=None if alpha is None else alpha.astype(np.float32) / top)
-    a, b = imageio.read_image(tmp_path / "i.png"), imageio.read_image(tmp_path / "f.png")
+    pio.write_image(tmp_path / "i.png", samples, mode=mode, bits=bits, alpha=alpha)
+    pio.write_image(tmp_path / "f.png", as_float if channels == 3 else np.repeat(as_float, 3, axis=2),
+                    mode=mode, bits=bits, alpha=None if alpha is None else alpha.astype(np.float32) / top)
+    a, b = pio.read_image(tmp_path / "i.png"), pio.read_image(tmp_path / "f.png")
     assert np.array_equal(a.rgb, b.rgb) and (a.mode, a.bits) == (b.mode, b.bits) == (mode, bits)
     assert np.array_equal(np.rint(a.rgb[..., :channels] * top), samples)
     if alpha is not None:
@@ -628,7 +629,7 @@ def test_outscale_keeps_mode_bits_and_alpha(cli, tmp_path, kind):
     make(tmp_path / name)
     code, _, err = cli(tmp_path / name, "-s", "2", "--quiet")
     assert code == 0, err
-    pic = imageio.read_image(tmp_path / name.replace(".", "_x2."))
+    pic = pio.read_image(tmp_path / name.replace(".", "_x2."))
     assert pic.rgb.shape == (H * 2, W * 2, 3) and (pic.mode, pic.bits) == (mode, bits)
     assert (pic.alpha is None) == (kind != "rgba")
 
@@ -636,13 +637,13 @@ def test_outscale_keeps_mode_bits_and_alpha(cli, tmp_path, kind):
 def test_resample_sixteen_bits_matches_pillow_in_float():
     """16-bit samples: each channel resized in float32 and rounded, clipped to the 16-bit range."""
     a = pixels((9, 13, 3), seed=3, dtype=np.uint16)
-    got = imageio.resample(a, (20, 31))
+    got = pio.resample(a, (20, 31))
     assert got.dtype == np.uint16 and got.shape == (20, 31, 3)
     for c in range(3):
         ref = Image.fromarray(a[..., c].astype(np.float32), mode="F").resize((31, 20), Image.Resampling.LANCZOS)
         assert np.array_equal(got[..., c], np.rint(np.clip(np.asarray(ref), 0, 65535)).astype(np.uint16))
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    assert np.array_equal(imageio.resample(labels, (6, 8), nearest=True), labels.repeat(2, 0).repeat(2, 1))
+    assert np.array_equal(pio.resample(labels, (6, 8), nearest=True), labels.repeat(2, 0).repeat(2, 1))
 
 
 def test_first_image_memory_is_prefaulted_once(cli, tmp_path, monkeypatch, model_file):

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import imageio, weights
+from . import weights
 from .core import Core, Result
 from .device import autocast, emulated_bf16, fast_bf16, pick_device  # noqa: F401  (public helpers)
 from .engines import is_out_of_memory
 from .errors import ImageError, PcsrError
+from .io import DEFAULT_MAX_PIXELS, Picture, picture_from_pil, read_image, write_image
 from .models.pcsr import Routing
 
 
@@ -65,8 +66,8 @@ class Upscaled:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the file `pcsr upscale` would write (format from the extension, atomically)."""
-        imageio.write_image(path, self.pixels, alpha=self.alpha, mode=self.mode, bits=self.bits,
-                            icc_profile=self.icc_profile, exif=self.exif)
+        write_image(path, self.pixels, alpha=self.alpha, mode=self.mode, bits=self.bits,
+                    icc_profile=self.icc_profile, exif=self.exif)
 
 
 class Model(Core):
@@ -111,22 +112,22 @@ def _size_of(image) -> tuple[int, int] | None:
         h, w = image.shape[:2]
     else:
         return None
-    if h * w > imageio.DEFAULT_MAX_PIXELS:
-        raise ImageError(f"{w}x{h} pixels is above the limit of {imageio.DEFAULT_MAX_PIXELS} (as pcsr upscale's "
+    if h * w > DEFAULT_MAX_PIXELS:
+        raise ImageError(f"{w}x{h} pixels is above the limit of {DEFAULT_MAX_PIXELS} (as pcsr upscale's "
                          "--max-pixels)")
     return (h, w) if h and w else None
 
 
-def as_picture(image) -> imageio.Picture:
+def as_picture(image) -> Picture:
     """What the API accepts, as the command's reader would give it."""
     if isinstance(image, (str, os.PathLike)):
-        return imageio.read_image(Path(image))
+        return read_image(Path(image))
     if isinstance(image, Image.Image):
         try:
             image.load()
         except Exception as err:
             raise ImageError(f"the PIL image cannot be decoded ({type(err).__name__}: {err})") from None
-        return imageio._to_picture(image, "the PIL image")
+        return picture_from_pil(image, "the PIL image")
     if not isinstance(image, np.ndarray):
         raise PcsrError(f"expected a path, a PIL image or a numpy array, got {type(image).__name__}")
     arr = image
@@ -142,10 +143,10 @@ def as_picture(image) -> imageio.Picture:
         gray = unit if unit.ndim == 2 else unit[..., 0]
         rgb = np.repeat(gray[..., None], 3, axis=2)
         alpha = None if unit.ndim == 2 else np.ascontiguousarray(unit[..., 1])
-        return imageio.Picture(rgb, alpha, "L" if alpha is None else "LA", bits, None, "")
+        return Picture(rgb, alpha, "L" if alpha is None else "LA", bits, None, "")
     alpha = np.ascontiguousarray(unit[..., 3]) if unit.shape[2] == 4 else None
-    return imageio.Picture(np.ascontiguousarray(unit[..., :3]), alpha, "RGBA" if alpha is not None else "RGB",
-                           bits, None, "")
+    return Picture(np.ascontiguousarray(unit[..., :3]), alpha, "RGBA" if alpha is not None else "RGB",
+                   bits, None, "")
 
 
 def load(name_or_path=None, device: str = "auto", precision: str = "auto", engine: str = "auto") -> Model:

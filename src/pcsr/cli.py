@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised in the main thread. A KeyboardInterrupt, so that every cleanup that
-    Ctrl-C runs (temporary files removed, by the handlers of imageio.atomic_write) runs for them too,
+    Ctrl-C runs (temporary files removed, by the handlers of pcsr.io.atomic_write) runs for them too,
     instead of the process dying where it stands."""
 
     def __init__(self, signum: int):

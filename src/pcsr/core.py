@@ -91,7 +91,7 @@ class Core:
         res = tiling.upscale(self, lr, routing, tile=tile, context=context, bits=bits, gray=gray, alpha=a,
                              progress=progress)
         if scale != self.scale:
-            from .imageio import resample
+            from .io import resample
             size = out_size(h, w, scale)
             res.pixels = resample(res.pixels, size)
             res.alpha = None if res.alpha is None else resample(res.alpha, size)

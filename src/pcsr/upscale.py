@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cliargs, imageio
+from . import cliargs
 from .errors import ImageError, PcsrError
+from .io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, WRITABLE_EXTENSIONS, check_output_dir, exclusive_writes,
+                 format_for, list_images, read_image, write_image)
 
 # torch, and the modules that import it, are imported where they are used: `pcsr --help` and
 # usage errors then answer at once instead of after torch's two-second import.
@@ -70,7 +72,7 @@ def add_parser(sub) -> None:
                         "on this hardware, else fp32")
     p.add_argument("--class-map", action="store_true",
                    help="also write <stem>_<suffix>_classes.png: the result tinted by upsampler (green light, red heavy)")
-    p.add_argument("--max-pixels", type=_positive, default=imageio.DEFAULT_MAX_PIXELS, metavar="N",
+    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse inputs with more pixels (default 2^28)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -145,7 +147,7 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     failed = []
     for item in items:
         try:
-            paths = imageio.list_images([item], unreadable=True)  # named pipes, link loops: one line each
+            paths = list_images([item], unreadable=True)  # named pipes, link loops: one line each
         except ImageError as err:
             failed.append((item, str(err)))
             continue
@@ -169,7 +171,7 @@ def earlier_outputs(images: list[Path], folders: list[Path], suffix: str) -> set
     if not suffix or not folders:
         return set()
     roots = {_key(f) for f in folders}
-    image_exts = {e.lower() for e in (*imageio.IMAGE_EXTENSIONS, *_pillow_extensions())}
+    image_exts = {e.lower() for e in (*IMAGE_EXTENSIONS, *_pillow_extensions())}
     stems: dict[Path, set[str]] = {}
     skip = set()
     for path in images:
@@ -198,7 +200,7 @@ def _pillow_extensions() -> list[str]:
 def output_name(path: Path, suffix: str, ext: str) -> str:
     if ext == "auto":
         own = path.suffix
-        ext = own if own.lower() in imageio.IMAGE_EXTENSIONS else ".png"  # e.g. GIF in, PNG out
+        ext = own if own.lower() in IMAGE_EXTENSIONS else ".png"  # e.g. GIF in, PNG out
     else:
         ext = EXTENSIONS[ext]
     return f"{path.stem}_{suffix}{ext}" if suffix else f"{path.stem}{ext}"
@@ -209,7 +211,7 @@ def output_file(out: str | None) -> Path | None:
     if out is None:
         return None
     path = Path(out)
-    return path if path.suffix.lower() in imageio.WRITABLE_EXTENSIONS and not path.is_dir() else None
+    return path if path.suffix.lower() in WRITABLE_EXTENSIONS and not path.is_dir() else None
 
 
 def plan_jobs(images: list[Path], outdir: str | None, suffix: str, ext: str, class_map: bool,
@@ -255,21 +257,21 @@ class Outcome:
 
 
 def upscale_file(model: "core.Core", job: Job, routing, *, tile=None, pad=None,
-                 max_pixels=imageio.DEFAULT_MAX_PIXELS, progress=None, outscale: float | None = None) -> Outcome:
+                 max_pixels=DEFAULT_MAX_PIXELS, progress=None, outscale: float | None = None) -> Outcome:
     """Read, upscale (by the inference core), write one image and its class map; raises PcsrError
     with a one-line reason. The core prepares the process's memory before the first image."""
     t0 = time.perf_counter()
-    pic = imageio.read_image(job.input, max_pixels=max_pixels)
+    pic = read_image(job.input, max_pixels=max_pixels)
     try:
         res = model.upscale_array(pic.rgb, routing, alpha=pic.alpha, bits=pic.bits, gray=pic.mode in ("L", "LA"),
                                   scale=outscale, tile=tile, context=pad, progress=progress)
     except PcsrError as err:
         raise PcsrError(f"{job.input}: {err}") from None
     pic.rgb = None  # the LR samples are not needed for writing
-    imageio.write_image(job.output, res.pixels, alpha=res.alpha, mode=pic.mode, bits=pic.bits,
-                        icc_profile=pic.icc_profile, exif=pic.exif)
+    write_image(job.output, res.pixels, alpha=res.alpha, mode=pic.mode, bits=pic.bits,
+                icc_profile=pic.icc_profile, exif=pic.exif)
     if job.class_map is not None and res.classes is not None:
-        imageio.write_image(job.class_map, tint(res.pixels, res.classes, model.num_classes))
+        write_image(job.class_map, tint(res.pixels, res.classes, model.num_classes))
     H, W = res.pixels.shape[:2]
     return Outcome(W, H, res.flops, res.max_flops, res.heavy_fraction, time.perf_counter() - t0)
 
@@ -371,11 +373,11 @@ def run(args) -> int:
         if len(images) + len(bad_items) != 1:
             args.usage_error(f"-o {args.outdir} names an image file, but the inputs give {len(images)} images; "
                              "give -o a folder")
-        if args.ext != "auto" and imageio.format_for(EXTENSIONS[args.ext]) != imageio.format_for(out_file.suffix):
+        if args.ext != "auto" and format_for(EXTENSIONS[args.ext]) != format_for(out_file.suffix):
             args.usage_error(f"--ext {args.ext} contradicts -o {args.outdir}")
-        imageio.check_output_dir(out_file.parent)  # fail before the model loads, not after the first image
+        check_output_dir(out_file.parent)  # fail before the model loads, not after the first image
     elif args.outdir is not None:
-        imageio.check_output_dir(args.outdir)
+        check_output_dir(args.outdir)
     if not images[rank::world]:
         return 1 if report.failures else 0
 
@@ -405,7 +407,7 @@ def run(args) -> int:
         return tqdm(total=total, desc="tiles", unit="tile", leave=False, file=sys.stderr, disable=not bars)
 
     writable: dict[str, str | None] = {}
-    with imageio.exclusive_writes(not args.overwrite):  # a file another run publishes meanwhile is kept
+    with exclusive_writes(not args.overwrite):  # a file another run publishes meanwhile is kept
         for job in tqdm(mine, desc="upscale", unit="img", file=sys.stderr, disable=not bars or len(mine) < 2):
             if job.error is None and args.outdir is None:
                 job.error = _folder_error(job.input, job.output.parent, writable)
@@ -446,7 +448,7 @@ def _folder_error(path: Path, folder: Path, cache: dict[str, str | None]) -> str
     key = str(folder)
     if key not in cache:
         try:
-            imageio.check_output_dir(folder)
+            check_output_dir(folder)
             cache[key] = None
         except PcsrError as err:
             cache[key] = f"cannot write the output ({err})"

@@ -18,7 +18,7 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from .errors import WeightsError
-from .imageio import atomic_write
+from .io import atomic_write
 from .models.pcsr import build_model
 from .models.specs import ModelSpec
 

@@ -26,7 +26,7 @@ import torch
 
 from .. import routing as routing_rules
 from ..errors import PcsrError
-from ..imageio import read_image
+from ..io import read_image
 from ..models.pcsr import Routing
 from ..resize import imresize
 

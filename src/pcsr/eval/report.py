@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import PcsrError
-from ..imageio import write_image
+from ..io import write_image
 from .protocol import Units, to_uint8
 
 if TYPE_CHECKING:  # runner imports the models; a report needs only the shape of its output

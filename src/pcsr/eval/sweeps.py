@@ -13,7 +13,7 @@ import torch
 
 from ..core import Core
 from ..errors import PcsrError
-from ..imageio import list_images
+from ..io import list_images
 from ..models.pcsr import Routing
 from .protocol import ORIGINAL, PROTOCOLS, Setting, Units, hr_tensor, make_lr, to_uint8, unfold_patches
 from .report import save_images

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import PcsrError
-from ..imageio import list_images, read_image
+from ..io import list_images, read_image
 from ..models.heads import make_coord
 from ..resize import imresize
 from .config import DataConfig
