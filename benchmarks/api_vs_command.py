@@ -30,7 +30,7 @@ from pcsr.resize import imresize
 
 def lr_file(hr: Path, folder: Path, scale: int = 4) -> Path:
     """The MATLAB-bicubic LR of `hr`, saved as an 8-bit PNG (what a user would upscale)."""
-    x = torch.from_numpy(np.asarray(Image.open(hr).convert("RGB"))).permute(2, 0, 1).float() / 255
+    x = torch.from_numpy(np.array(Image.open(hr).convert("RGB"))).permute(2, 0, 1).float() / 255
     h, w = x.shape[1] // scale * scale, x.shape[2] // scale * scale
     lr = imresize(x[:, :h, :w].unsqueeze(0), scale=1 / scale)[0].clamp(0, 1)
     path = folder / "lr.png"
