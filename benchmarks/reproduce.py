@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pcsr import api, weights  # noqa: E402
 from pcsr.io import write_image  # noqa: E402
+from pcsr.classmap import tint  # noqa: E402
 from pcsr.eval import (Runner, Setting, Units, hr_tensor, make_lr, make_settings, plot_curves,  # noqa: E402
-                       sweep, tint, to_uint8)
+                       sweep, to_uint8)
 
 OFFICIAL = {  # file stem -> label, backbone family
     "carn-x4": ("CARN", "carn"),
@@ -244,8 +245,9 @@ def class_map_examples(shared: Path, models, labels, figures: Path) -> str:
         crop = (slice(max(y0, 0), max(y0, 0) + CROP), slice(max(x0, 0), max(x0, 0) + CROP))
         for kind, o in (("pixel", pixel), ("patch", patch)):
             sr = to_uint8(o.sr[0])[:, crop[0], crop[1]]
-            level = o.classes[0].float()[crop] / (model.net.num_classes - 1)
-            write_image(figures / f"classes-{stem}-{kind}.png", tint(sr, level))
+            level = o.classes[0][crop].numpy()
+            write_image(figures / f"classes-{stem}-{kind}.png", tint(sr.permute(1, 2, 0).numpy(), level,
+                                                                     model.num_classes))
         lines.append(f"| {label} | ![pixel](figures/classes-{stem}-pixel.png) k = 0, heavy {100 * share:.1f} % | "
                      f"![patch](figures/classes-{stem}-patch.png) threshold {t:.2f}, heavy "
                      f"{100 * patch.heavy / patch.pixels:.1f} % |")

@@ -269,12 +269,19 @@ def test_class_map(cli, tmp_path):
 
 
 def test_class_map_colours():
-    assert upscale.class_colours(2).tolist() == [list(upscale.LIGHT), list(upscale.HEAVY)]
-    five = upscale.class_colours(5)
+    from pcsr import classmap
+    assert classmap.class_colours(2).tolist() == [[144, 238, 144], [255, 0, 0]]
+    five = classmap.class_colours(5)
     assert len({tuple(c) for c in five.tolist()}) == 5
     gray16 = np.full((2, 2, 1), 65535, np.uint16)
-    out = upscale.tint(gray16, np.array([[0, 1], [1, 0]], np.uint8), 2)
+    out = classmap.tint(gray16, np.array([[0, 1], [1, 0]], np.uint8), 2)
     assert out[0, 1].tolist() == [255, round(0.35 * 255), round(0.35 * 255)]
+    # a level between two classes (eval's overlapping patches) blends their colours
+    rgb = np.full((1, 2, 3), 100, np.uint8)
+    half = classmap.tint(rgb, np.array([[0.5, 1.0]], np.float32), 2)
+    assert half[0, 0].tolist() == [round(35 + 0.65 * (144 + 255) / 2), round(35 + 0.65 * 238 / 2),
+                                   round(35 + 0.65 * 144 / 2)]
+    assert half[0, 1].tolist() == [round(35 + 0.65 * 255), 35, 35]
 
 
 def test_tiled_cli_equals_untiled(cli, tmp_path):

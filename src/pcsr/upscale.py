@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from . import cliargs
+from .classmap import tint
 from .errors import ImageError, PcsrError
 from .io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, WRITABLE_EXTENSIONS, check_output_dir, exclusive_writes,
                  format_for, list_images, read_image, write_image)
@@ -26,11 +25,6 @@ from .io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, WRITABLE_EXTENSIONS, chec
 # usage errors then answer at once instead of after torch's two-second import.
 
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tif": ".tif"}
-OPACITY = 0.65
-# Light green for the cheapest class and red for the costliest, as in the paper's figures;
-# the classes between take colours that stay apart from both and from each other.
-LIGHT, HEAVY = (144, 238, 144), (255, 0, 0)
-MIDDLE = ((255, 215, 0), (30, 144, 255), (255, 140, 0), (186, 85, 211), (0, 206, 209), (139, 69, 19))
 
 
 # ----------------------------------------------------------------------------- command line
@@ -274,25 +268,6 @@ def upscale_file(model: "core.Core", job: Job, routing, *, tile=None, pad=None,
         write_image(job.class_map, tint(res.pixels, res.classes, model.num_classes))
     H, W = res.pixels.shape[:2]
     return Outcome(W, H, res.flops, res.max_flops, res.heavy_fraction, time.perf_counter() - t0)
-
-
-def class_colours(m: int) -> np.ndarray:
-    """(M, 3) uint8: light green, distinct middles, red."""
-    middle = [MIDDLE[i % len(MIDDLE)] for i in range(max(0, m - 2))]
-    return np.array([LIGHT, *middle, HEAVY][:m] if m > 1 else [LIGHT], dtype=np.uint8)
-
-
-def tint(pixels: np.ndarray, classes: np.ndarray, m: int, rows: int = 256) -> np.ndarray:
-    """The result blended with its class colours at OPACITY, as 8-bit RGB, a band of rows at a time."""
-    H, W = classes.shape
-    colours = class_colours(m).astype(np.float32) * np.float32(OPACITY)
-    out = np.empty((H, W, 3), dtype=np.uint8)
-    top = np.float32(65535.0 if pixels.dtype == np.uint16 else 255.0)
-    for y in range(0, H, rows):
-        band = pixels[y:y + rows].astype(np.float32) * (np.float32(255.0 * (1 - OPACITY)) / top)
-        band = band + colours[classes[y:y + rows]]  # gray (H, W, 1) broadcasts to RGB
-        out[y:y + rows] = np.rint(np.clip(band, 0, 255)).astype(np.uint8)
-    return out
 
 
 def _human(flops: int) -> str:

@@ -8,11 +8,11 @@ sweeps.py    sweep() over models, sets and settings; evaluate() for one routing
 report.py    Markdown tables, CSV, plots, saved images with tinted class maps
 """
 from .protocol import ORIGINAL, PROTOCOLS, Setting, Units, hr_tensor, make_lr, make_settings, to_uint8
-from .report import csv_text, markdown_per_image, markdown_table, plot_curves, tint
+from .report import csv_text, markdown_per_image, markdown_table, plot_curves
 from .runner import Runner
 from .score import Reference
 from .sweeps import evaluate, public_row, sweep
 
 __all__ = ["ORIGINAL", "PROTOCOLS", "Setting", "Units", "hr_tensor", "make_lr", "make_settings", "to_uint8",
-           "csv_text", "markdown_per_image", "markdown_table", "plot_curves", "tint", "Runner", "Reference",
+           "csv_text", "markdown_per_image", "markdown_table", "plot_curves", "Runner", "Reference",
            "evaluate", "public_row", "sweep"]

@@ -9,19 +9,16 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
 import torch
 
+from ..classmap import tint
 from ..errors import PcsrError
 from ..io import write_image
-from .protocol import Units, to_uint8
+from .protocol import Units
 
 if TYPE_CHECKING:  # runner imports the models; a report needs only the shape of its output
     from .runner import Output
 
-LIGHT_RGB = (0.0, 1.0, 0.0)
-HEAVY_RGB = (1.0, 0.0, 0.0)
-TINT_OPACITY = 0.65
 
 
 # ----------------------------------------------------------------------------- reports
@@ -152,14 +149,5 @@ def save_images(folder: Path, stem: str, sr: torch.Tensor, units: Units, out: Ou
     write_image(folder / f"{stem}.png", sr.permute(1, 2, 0).numpy())
     if out.classes is None:
         return
-    level = units.fold(out.classes.unsqueeze(1).float() / max(n_classes - 1, 1))[0]  # 0 light .. 1 heavy
-    write_image(folder / f"{stem}_classes.png", tint(sr, level))
-
-
-def tint(sr: torch.Tensor, level: torch.Tensor, opacity: float = TINT_OPACITY) -> np.ndarray:
-    """The class map over the image: light pixels green, heavy red (in between for mixed overlaps)."""
-    light = torch.tensor(LIGHT_RGB).view(3, 1, 1)
-    heavy = torch.tensor(HEAVY_RGB).view(3, 1, 1)
-    color = light + (heavy - light) * level.unsqueeze(0)
-    img = sr.float() / 255 * (1 - opacity) + color * opacity
-    return to_uint8(img).permute(1, 2, 0).numpy()
+    level = units.fold(out.classes.unsqueeze(1).float())[0]  # the class, or its mean over overlapping patches
+    write_image(folder / f"{stem}_classes.png", tint(sr.permute(1, 2, 0).numpy(), level.numpy(), n_classes))
