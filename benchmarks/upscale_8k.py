@@ -113,7 +113,7 @@ class _Between:
 def compare_per_mp(model, lr, routing, args, res8k, cold: float, rounds: int, bits: int) -> None:
     """Seconds per output MP, 8K (tiled) against two 2K crops (untiled), warm and interleaved.
 
-    This machine's speed drifts by up to 3x within minutes, so an 8K run against 2K runs made a
+    A shared machine's speed drifts within minutes, so an 8K run against 2K runs made a
     minute later compares two moments, not two sizes. Here the 2K crops run between the 8K run's
     tiles (their time taken off the 8K run's), so both sizes see the same moments; each round is
     one 8K run, and the figure is the median ratio over rounds. The first (cold) 8K run above is

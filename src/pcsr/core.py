@@ -44,7 +44,7 @@ class Core:
         self._prepared = False
         if self.device.type == "cpu":
             # glibc would hand every large freed tensor back to the kernel, and fault it in again for
-            # the next one: keep it (pcsr.runtime; 1.3-1.5x on large images, BENCHMARKS.md)
+            # the next one: keep it (pcsr.runtime, BENCHMARKS.md)
             runtime.keep_freed_memory()
 
     @property

@@ -2,14 +2,13 @@
 
 glibc hands every large allocation (above 32 MB at most) straight back to the kernel when it is
 freed, so each full-image tensor of the next operation is fresh memory that the kernel must fault
-in and zero, page by page. Keeping freed memory in the heap instead makes CARN-PCSR on a 2K output
-about 1.3x and CARN about 1.5x faster on the 2-core machines we measured.
+in and zero, page by page. Keeping freed memory in the heap instead spares those faults on every
+operation after the first.
 
 Even so, the first image of a process still faults its whole working set in, one 4 KB page at a
-time, and on the virtual machines we measured a fault costs 3-10 us: 0.7-2.5 s per GB, as much as
-the network's own work on a 2K output. `prefault_heap` grows the heap by the expected working set
-in one call per chunk (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14+), about 0.3-0.5 s per GB there:
-a cold `pcsr upscale` of a 1.85 MP output went from 2.0-2.3 s to 1.3-1.6 s.
+time, and page faults are slow on virtual machines. `prefault_heap` grows the heap by the expected
+working set in one call per chunk (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14+), far cheaper than
+faulting page by page. Figures: BENCHMARKS.md.
 """
 from __future__ import annotations
 

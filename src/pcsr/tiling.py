@@ -32,11 +32,11 @@ if TYPE_CHECKING:  # the core runs tiles through this module; only its type is n
     from .core import Core
 
 MIN_TILE = 16                 # LR pixels; below this the context dwarfs the tile
-CPU_BUDGET_CAP = 19 << 28     # 4.75 GiB estimated per tile on a CPU (CARN-PCSR: 1.7 GB measured): 8K in 4 tiles
+CPU_BUDGET_CAP = 19 << 28     # 4.75 GiB estimated per tile on a CPU (the estimate runs high): 8K in 4 tiles
 CPU_SHARE = 0.25              # of MemAvailable, leaving room for other processes
 CUDA_SHARE = 0.6              # of the device's free memory
 DEFAULT_BUDGET = 1 << 30      # when free memory cannot be read
-TYPICAL_SHARE = 0.8           # of bytes_per_lr_pixel that CARN-PCSR's tiles take (4.1 of 5.1 KB, measured)
+TYPICAL_SHARE = 0.8           # of bytes_per_lr_pixel that CARN-PCSR's tiles take (BENCHMARKS.md)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -84,10 +84,8 @@ def required_context(model: Core) -> int:
 
 # ----------------------------------------------------------------------------- memory
 def bytes_per_lr_pixel(model: Core) -> int:
-    """A deliberately high estimate of the working memory per LR pixel of a tile.
-
-    Measured on a CPU at x4, whole tiles (PCSR all heavy): CARN-PCSR 4.1 KB (this gives 5.1),
-    FSRCNN-PCSR 2.0 KB (4.9), CARN 9.9 KB (14.3), FSRCNN 0.8 KB (3.1). The PCSR heads run in
+    """A deliberately high estimate of the working memory per LR pixel of a tile (above what
+    each model was measured to take, BENCHMARKS.md). The PCSR heads run in
     chunks, so their cost per output pixel is a few maps (logits, classes, residual, refinement),
     not their hidden widths. The out-of-memory retry covers any shortfall.
     """
@@ -191,7 +189,7 @@ class _Sink:
         hh, ww = (t.y1 - t.y0) * s, (t.x1 - t.x0) * s
         Y, X = t.y0 * s, t.x0 * s
         own = sr[:, oy:oy + hh, ox:ox + ww].float()
-        if self.gray:  # ITU-R 601 luma, as imageio writes gray
+        if self.gray:  # ITU-R 601 luma, as pcsr.io writes gray
             own = (0.299 * own[0] + 0.587 * own[1] + 0.114 * own[2]).unsqueeze(0)
         self.pixels[Y:Y + hh, X:X + ww] = self._quantize(own).transpose(1, 2, 0)
         if self.alpha is not None:

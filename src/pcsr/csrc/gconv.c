@@ -1,7 +1,7 @@
 /* Grouped 3x3 convolution (stride 1, zero padding 1), channels-last fp32, AVX2 + FMA.
  *
  * Why: CARN's residual units are grouped 3x3 convolutions of narrow groups (CARN-M: 52 channels
- * in 4 groups of 13). oneDNN's kernels run such groups at about half the speed of a dense
+ * in 4 groups of 13). oneDNN's kernels run such narrow groups far below the speed of a dense
  * convolution of the same work. Here each output pixel's group is two vectors of 8 output
  * channels, six pixels at a time: 12 accumulators, each input value loaded once per tap and
  * broadcast against the group's weights.

@@ -1,7 +1,7 @@
 /* The seam refinement of pcsr/routing.py in one pass over a channels-last fp32 image.
  *
  * Why: in torch it takes a clone of the image, passes for the neighbours' classes, a box filter
- * and a select over every pixel (10-13 ms for a 1.85 MP output on two cores); here each output row
+ * and a select over every pixel, several passes over the image; here each output row
  * is read and written once, from three input rows that stay in cache.
  *
  * A pixel off the outermost rows and columns whose 3x3 neighbourhood holds a costlier class than

@@ -10,7 +10,7 @@
 Every fast form is optional: a missing kernel or private op, or one that refuses its arguments,
 leaves that step to torch's operations; anything else that fails makes the engine run the
 reference engine instead (`fell_back` says why), never a crash. Why each constant has its value:
-BENCHMARKS.md (measured on 2-core CPUs).
+BENCHMARKS.md.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Profiled on a CPU, the plain module spends much of its time moving data rather than computing:
 every cascading step concatenates all earlier outputs again (torch.cat of strided channels_last
-tensors: 17 % of CARN-M in fp32 on a 2-core AVX2 CPU, a third in bf16), ReLUs and additions run
-as separate passes over memory, and each batch norm is its own pass. Here
+tensors, a large share of CARN-M's time), ReLUs and additions run as separate passes over memory,
+and each batch norm is its own pass. Here
 - nothing is concatenated: a 1x1 fusion of [x0, x1, ..., xk] is the sum of one product per input.
   Two ways to form that sum:
   * `_ChainedCascade`, wherever oneDNN's fused convolutions run (fp32 on any x86, bf16 on
@@ -12,9 +12,8 @@ as separate passes over memory, and each batch norm is its own pass. Here
   * `_AccumulatingCascade` elsewhere (CUDA, CPUs without the fused ops): each new output is
     multiplied once by the weight blocks of every later fusion it feeds and added into their
     accumulators by the matrix product itself (beta = 1); a fusion's ReLU is the pass that reads
-    its accumulator out. On an AVX2 CPU its BLAS products reach half the convolutions' speed on
-    these narrow shapes (the chain: -8-9 % fp32); on an AVX512-BF16 CPU in bf16 its ReLU passes over
-    strided slices cost 35 ms per demo image (the chain: -15-20 %);
+    its accumulator out. Slower than the chain where both run: BLAS products are slow on these
+    narrow shapes, and the ReLU passes over strided slices cost a pass each (BENCHMARKS.md);
 - batch norm is folded into the fusion weights (eval mode only);
 - 3x3 convolutions run with the ReLU fused, and the residual unit's 1x1 convolution with its
   addition and ReLU (oneDNN post-ops) where the CPU build has them;
@@ -170,7 +169,7 @@ class _ChainedCascade:
             acc = _conv_relu_op(self.inputs[0], ws[0], self.c.biases[k], [0, 0], [1, 1], [1, 1], 1, "none", [], "")
             for i in range(1, last + 1):
                 relu = "relu" if i == last else None
-                if self.c.in_place:  # acc += conv(x_i): no new tensor, 18 % faster than the one below
+                if self.c.in_place:  # acc += conv(x_i): no new tensor, so faster than the one below
                     _conv_accumulate_op.binary(acc, self.inputs[i], ws[i], None, [0, 0], [1, 1], [1, 1], 1, "add",
                                                1.0, relu, [], "")
                 else:
@@ -187,8 +186,7 @@ def chained_fp32_works(device: torch.device) -> bool:
 def make_cascade(fuses, nf: int, dtype: torch.dtype):
     """The chained form wherever oneDNN's fused convolutions run in `dtype`, else the accumulating
     one. Both round the same sums in the same order (bit-identical in bf16); the chain fuses the ReLU
-    that the accumulating form runs as a pass over a strided slice (bf16 on a 2-core AVX512-BF16
-    EPYC, CARN-M backbone of the demo LR: 283-290 -> 229-246 ms)."""
+    that the accumulating form runs as a pass over a strided slice."""
     chained = fuses[0][0].weight.device.type == "cpu" and fused_conv_works(dtype)
     return (_ChainedCascade if chained else _AccumulatingCascade)(fuses, nf, dtype)
 
@@ -203,7 +201,8 @@ class _Residual:
         self.in_place = self.fused and accumulate_works(dtype)
 
     def __call__(self, h: torch.Tensor, x: torch.Tensor, overwrite_x: bool = False) -> torch.Tensor:
-        """`overwrite_x`: x is not needed afterwards, so the sum may go into it (fp32, where measured)."""
+        """`overwrite_x`: x is not needed afterwards, so the sum may go into it in place (no new
+        tensor) where oneDNN's in-place accumulation runs."""
         if overwrite_x and self.in_place:
             return _conv_accumulate_op.binary(x, h, self.w, self.b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu",
                                               [], "")

@@ -46,8 +46,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 def training_precision(name: str, device: torch.device) -> str:
     """The autocast precision a run uses. `auto` is bf16 only where the hardware runs it natively
-    (AMX / AVX512-BF16 CPUs, CUDA with bf16): elsewhere bf16 is emulated, and on an AVX2 CPU a
-    training step in bf16 is about 100 times slower than in fp32."""
+    (AMX / AVX512-BF16 CPUs, CUDA with bf16): elsewhere bf16 is emulated, far slower than fp32."""
     why = emulated_bf16(device) if name in ("auto", "bf16") else ""
     if name == "auto":
         return "fp32" if why else "bf16"
