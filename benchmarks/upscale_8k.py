@@ -26,7 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pcsr import api, runtime, tiling, upscale, weights  # noqa: E402
+from pcsr import api, runtime, tiling, weights  # noqa: E402
+from pcsr.cli import upscale  # noqa: E402
 from pcsr.io import list_images, read_image, write_image  # noqa: E402
 from pcsr.models.pcsr import Routing  # noqa: E402
 from pcsr.resize import imresize  # noqa: E402

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pcsr import api, bench, weights
+from pcsr import api, weights
+from pcsr.cli import bench
 from pcsr.cli import main
 from pcsr.engines import kernels
 from pcsr.models.pcsr import OriginalSR

@@ -337,7 +337,8 @@ def test_plot(model, sets, tmp_path, monkeypatch):
 
 
 def test_cli_k_lists():
-    from pcsr.cli import build_parser, eval_settings
+    from pcsr.cli import build_parser
+    from pcsr.cli.evaluate import eval_settings
     parse = (lambda *a: eval_settings(build_parser().parse_args(["eval", "--data", "x", *a])))
     assert [s.label for s in parse("-k", "0", "1", "2")] == ["k=0", "k=1", "k=2"]
     assert [s.label for s in parse("-k", "0,1,2", "--adaptive")] == ["k=0", "k=1", "k=2", "adaptive"]

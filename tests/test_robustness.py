@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from pcsr import io as pio
-from pcsr import upscale, weights
+from pcsr import weights
+from pcsr.cli import upscale
 from pcsr.cli import main
 from pcsr.errors import ImageError, WeightsError
 from pcsr.models.pcsr import build_model
@@ -727,8 +728,9 @@ def test_earlier_outputs_follow_the_suffix(cli, tmp_path):
 
 # ----------------------------------------------------------------------------- case 8: no import cycle
 def test_upscale_does_not_import_the_cli():
-    """upscale and cli import the shared argument helpers from cliargs, not each other."""
-    code = ("import sys\nimport pcsr.upscale\nprint('pcsr.cli' in sys.modules, 'torch' in sys.modules)")
+    """The upscale command imports the shared argument helpers (pcsr.cli.args), not the other
+    subcommands, and no torch at import."""
+    code = ("import sys\nimport pcsr.cli.upscale\nprint('pcsr.cli.evaluate' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(SRC)}).stdout
     assert out.split() == ["False", "False"]
@@ -736,10 +738,9 @@ def test_upscale_does_not_import_the_cli():
 
 def test_a_broken_subcommand_module_fails_loudly(monkeypatch):
     """A subcommand whose module cannot be imported must not vanish from `pcsr --help`."""
-    import pcsr
     from pcsr import cli as cli_module
-    monkeypatch.setitem(sys.modules, "pcsr.bench", None)  # import pcsr.bench now raises ImportError
-    monkeypatch.delattr(pcsr, "bench", raising=False)
+    monkeypatch.setitem(sys.modules, "pcsr.cli.bench", None)  # import pcsr.cli.bench now raises ImportError
+    monkeypatch.delattr(cli_module, "bench", raising=False)
     with pytest.raises(ImportError):
         cli_module.build_parser()
 

@@ -15,7 +15,8 @@ import torch
 from PIL import Image, ImageCms
 
 from pcsr import io as pio
-from pcsr import upscale, weights
+from pcsr import weights
+from pcsr.cli import upscale
 from pcsr.cli import main
 from pcsr.models.pcsr import build_model
 from pcsr.models.specs import ModelSpec

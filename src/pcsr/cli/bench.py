@@ -13,7 +13,7 @@ import json
 import statistics
 import time
 
-from .errors import PcsrError
+from ..errors import PcsrError
 
 
 def add_parser(sub):
@@ -41,7 +41,7 @@ def add_parser(sub):
 
 
 def _lr(path: str, scale: int, from_hr: bool) -> "torch.Tensor":  # noqa: F821
-    from .eval import hr_tensor, make_lr
+    from ..eval import hr_tensor, make_lr
     img = hr_tensor(path)
     return (make_lr(img, scale)[1] if from_hr else img).unsqueeze(0)
 
@@ -102,9 +102,9 @@ def machine() -> dict:
 def run(args) -> int:
     import torch
 
-    from . import api
-    from .engines import kernels
-    from .models.pcsr import Routing
+    from .. import api
+    from ..engines import kernels
+    from ..models.pcsr import Routing
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.repeat < 1:

@@ -1,39 +1,12 @@
-"""The `pcsr` command. Each subcommand is a thin wrapper over the modules of the package.
-
-Errors a user can cause print as one line on stderr (exit 1, or 2 for bad usage), never a traceback.
-"""
+"""`pcsr eval`: PSNR / SSIM / FLOPs of models on folders of HR images, over routing settings."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import sys
-import threading
-import warnings
 
-from .errors import PcsrError
+from ..errors import PcsrError
 
 
-# ----------------------------------------------------------------------------- convert
-def _add_convert(sub):
-    p = sub.add_parser("convert", help="import a reference PCSR checkpoint (.pth) into our .safetensors format",
-                       description="Import the authors' released checkpoints ({model: {name, args, sd}}) "
-                                   "without unpickling arbitrary objects (torch.load weights_only=True).")
-    p.add_argument("src", help="reference checkpoint (.pth)")
-    p.add_argument("-o", "--output", required=True, help="destination .safetensors file (never the input)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.set_defaults(func=_convert)
-
-
-def _convert(args) -> int:
-    from . import weights
-    spec = weights.convert(args.src, args.output, overwrite=args.overwrite)
-    kind = "PCSR" if spec.is_pcsr else "original"
-    print(f"{args.src} -> {args.output}  ({kind} {spec.backbone} x{spec.scale})")
-    return 0
-
-
-# ----------------------------------------------------------------------------- eval
 def _number_list(text: str) -> list[float]:
     """'0,1,2' or '0' -> floats, so that -k takes '0 1 2' and '0,1,2' alike."""
     try:
@@ -42,7 +15,7 @@ def _number_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a number or comma-separated numbers: {text!r}") from None
 
 
-def _add_eval(sub):
+def add_parser(sub):
     p = sub.add_parser(
         "eval", help="PSNR / SSIM / FLOPs of models on folders of HR images, over routing settings",
         description="For every image: crop HR to a multiple of the scale, make LR with the MATLAB-compatible "
@@ -106,7 +79,7 @@ def _flat(values) -> list[float]:
 
 def eval_settings(args):
     """The settings asked for on the command line (usage errors as PcsrError)."""
-    from .eval import make_settings
+    from ..eval import make_settings
     ks, budgets, thresholds = _flat(args.k), _flat(args.budget), _flat(args.threshold)
     routings = args.routing
     if routings is None:
@@ -122,8 +95,8 @@ def eval_settings(args):
 
 
 def _eval(args) -> int:
-    from . import api
-    from .eval import csv_text, markdown_per_image, markdown_table, plot_curves, public_row, sweep
+    from .. import api
+    from ..eval import csv_text, markdown_per_image, markdown_table, plot_curves, public_row, sweep
     settings = eval_settings(args)
     if args.patch < 1 or not 1 <= args.step <= args.patch:
         raise PcsrError(f"--patch and --step need 1 <= step <= patch, got {args.patch} and {args.step}")
@@ -131,7 +104,7 @@ def _eval(args) -> int:
         raise PcsrError(f"--scale must be at least 1, got {args.scale}")
     if args.plot:  # now, not after a sweep of many minutes
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  (only: is it installed?)
         except ImportError:
             raise PcsrError(f"--plot {args.plot} needs matplotlib: pip install 'pcsr[plot]'") from None
     if args.threads is not None:
@@ -164,79 +137,3 @@ def _eval(args) -> int:
         print()
         print(markdown_per_image(rows))
     return 0
-
-
-# ----------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    parser = argparse.ArgumentParser(
-        prog="pcsr", description="Image super-resolution that spends compute only where the image needs it.")
-    parser.add_argument("--version", action="version", version=f"pcsr {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in _commands():
-        add(sub)
-    return parser
-
-
-def _commands():
-    """Every subcommand's parser builder. Imported by name: a subcommand whose module fails to import
-    is a bug to see at once, not a subcommand to drop silently. (None of these modules imports torch
-    at import time, so that --help stays fast.)"""
-    from . import bench, upscale
-    from .training import cli as training_cli
-    return [_add_convert, _add_eval, upscale.add_parser, training_cli.add_parser, bench.add_parser]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        with warnings.catch_warnings(), signals_interrupt():
-            warnings.showwarning = lambda message, *_, **__: print(
-                f"pcsr {args.command}: warning: {message}", file=sys.stderr)  # one line, no source
-            return int(args.func(args) or 0)
-    except PcsrError as e:
-        print(f"pcsr {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except Terminated as e:
-        print(f"pcsr {args.command}: terminated ({e.name})", file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt:
-        print(f"pcsr {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised in the main thread. A KeyboardInterrupt, so that every cleanup that
-    Ctrl-C runs (temporary files removed, by the handlers of pcsr.io.atomic_write) runs for them too,
-    instead of the process dying where it stands."""
-
-    def __init__(self, signum: int):
-        import signal
-        self.signum, self.name = signum, signal.Signals(signum).name
-        super().__init__(self.name)
-
-
-def _terminate(signum, _frame):
-    raise Terminated(signum)
-
-
-@contextlib.contextmanager
-def signals_interrupt():
-    """SIGTERM and SIGHUP raise Terminated while the block runs (main thread only; a signal that is
-    ignored, as under nohup, stays ignored); the previous handlers come back afterwards."""
-    import signal
-    saved = {}
-    if threading.current_thread() is threading.main_thread():
-        for name in ("SIGTERM", "SIGHUP"):
-            sig = getattr(signal, name, None)
-            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
-                saved[sig] = signal.signal(sig, _terminate)
-    try:
-        yield
-    finally:
-        for sig, previous in saved.items():
-            signal.signal(sig, previous)

@@ -35,8 +35,8 @@ def add_parser(sub) -> None:
 
 
 def _train(args) -> int:
-    from .config import load_config
-    from .trainer import train
+    from ..training.config import load_config
+    from ..training.trainer import train
     config = args.config
     if config is None:
         if not (args.resume and args.out):
@@ -49,13 +49,13 @@ def _train(args) -> int:
     t = train(cfg, run_dir, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     if t.dist.main:
         print(f"{run_dir}: {t.iteration} iterations; checkpoint {run_dir / 'last.pt'}")
-    from .distributed import cleanup
+    from ..training.distributed import cleanup
     cleanup(t.dist)
     return 0
 
 
 def _export(args) -> int:
-    from .trainer import export
+    from ..training.trainer import export
     info = export(args.rundir, args.output, which=args.which)
     print(f"{args.rundir} -> {args.output}  ({info.get('iterations')} iterations)")
     return 0

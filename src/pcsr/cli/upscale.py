@@ -14,12 +14,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import cliargs
-from .classmap import tint
-from .errors import ImageError, PcsrError
-from .io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, WRITABLE_EXTENSIONS, check_output_dir, exclusive_writes,
+from . import args as cliargs
+from ..classmap import tint
+from ..errors import ImageError, PcsrError
+from ..io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, WRITABLE_EXTENSIONS, check_output_dir, exclusive_writes,
                  format_for, list_images, read_image, write_image)
+
+if TYPE_CHECKING:  # the core imports torch; the command imports it only where it runs a model
+    from ..core import Core
 
 # torch, and the modules that import it, are imported where they are used: `pcsr --help` and
 # usage errors then answer at once instead of after torch's two-second import.
@@ -250,7 +254,7 @@ class Outcome:
     seconds: float
 
 
-def upscale_file(model: "core.Core", job: Job, routing, *, tile=None, pad=None,
+def upscale_file(model: Core, job: Job, routing, *, tile=None, pad=None,
                  max_pixels=DEFAULT_MAX_PIXELS, progress=None, outscale: float | None = None) -> Outcome:
     """Read, upscale (by the inference core), write one image and its class map; raises PcsrError
     with a one-line reason. The core prepares the process's memory before the first image."""
@@ -334,7 +338,7 @@ def run(args) -> int:
     except PcsrError as err:
         args.usage_error(str(err))
     if args.tile:  # None: from free memory; 0: never tile
-        from .tiling import MIN_TILE  # (imports torch: only when a tile side is given)
+        from ..tiling import MIN_TILE  # (imports torch: only when a tile side is given)
         if args.tile < MIN_TILE:
             args.usage_error(f"--tile must be 0 (never tile) or at least {MIN_TILE} LR pixels, got {args.tile}")
     rank, world = rank_and_world()
@@ -356,7 +360,7 @@ def run(args) -> int:
     if not images[rank::world]:
         return 1 if report.failures else 0
 
-    from . import api, tiling
+    from .. import api, tiling
     routing = cliargs.routing_from_args(args)
     model = api.load(args.model, device=_device_for_rank(args.device, world), precision=args.precision)
     need = tiling.required_context(model)

@@ -6,7 +6,7 @@ usage errors answer before torch's import.
 """
 from __future__ import annotations
 
-from .errors import PcsrError
+from ..errors import PcsrError
 
 
 def add_routing(p) -> None:
@@ -30,5 +30,5 @@ def check_routing_args(args) -> None:
 
 def routing_from_args(args):
     check_routing_args(args)
-    from .models.pcsr import Routing
+    from ..models.pcsr import Routing
     return Routing(k=args.k, adaptive=args.adaptive, budget=args.budget, refine=not args.no_refine)
