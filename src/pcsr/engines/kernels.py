@@ -66,6 +66,12 @@ def _openmp_entry_points() -> tuple[int | None, int | None, int | None]:
         return None, None, None
 
 
+def built() -> bool:
+    """Whether the extension was compiled at install (whatever this CPU can run of it)."""
+    here = Path(__file__).parent.parent
+    return any((here / f"_kernels{suffix}").is_file() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
 def available() -> bool:
     """The fp32 kernels (x86 with AVX2 and FMA)."""
     return _library() is not None

@@ -23,6 +23,7 @@ from .. import weights as weights_io
 from ..core import Core
 from ..device import autocast, emulated_bf16
 from ..errors import PcsrError
+from ..io import atomic_write
 from ..models.pcsr import Routing, build_model
 from . import distributed as D
 from .config import TrainConfig, from_dict, save_config
@@ -56,12 +57,8 @@ def training_precision(name: str, device: torch.device) -> str:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A checkpoint written as every file of pcsr is (pcsr.io.atomic_write): complete or not at all."""
+    atomic_write(path, lambda f: torch.save(obj, f), error=PcsrError)
 
 
 def read_checkpoint(path: str | Path) -> dict:
