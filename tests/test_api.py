@@ -202,3 +202,27 @@ def test_original_models_and_other_scales(tiny):
     out = model.upscale(rng_image((7, 9, 3)), scale=2.5)
     assert out.pixels.shape == (18, 22, 3) and out.class_map is None and out.heavy_fraction is None
     assert out.flops == out.max_flops > 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rng_image((9, 12, 3))[:, ::-1],                        # a negative-stride view
+    lambda: np.asarray(Image.fromarray(rng_image((9, 12, 3)))),    # read-only, from PIL
+    lambda: rng_image((12, 9, 3)).transpose(1, 0, 2),              # a transposed view
+    lambda: rng_image((1, 1, 3)),
+    lambda: rng_image((1, 7, 3)),
+    lambda: rng_image((7, 1)),
+    lambda: rng_image((5, 6, 4), np.uint16),
+], ids=["negative-stride", "read-only", "transposed", "1x1", "1xN", "Nx1-gray", "rgba16"])
+def test_the_default_model_and_precision_take_odd_layouts(make):
+    """`pcsr.load().upscale(x)` with nothing pinned (the bundled model, auto precision: bf16 where
+    native) on the layouts and sizes users hand over: the same result as a contiguous copy, no
+    warning, and the fast path did not give up."""
+    model = pcsr.load()
+    image = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model.upscale(image)
+    want = model.upscale(np.ascontiguousarray(image))
+    assert out.pixels.shape[:2] == (image.shape[0] * 4, image.shape[1] * 4)
+    assert np.array_equal(out.pixels, want.pixels) and out.flops == want.flops
+    assert model.engine.fell_back is None

@@ -29,14 +29,6 @@ SPEC = ModelSpec(backbone="carn", backbone_args={"nf": 8, "groups": 4}, scale=4,
                  classifier=(4,))
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    weights.save(build_model(SPEC), path)
-    return path
-
-
 @pytest.fixture
 def cli(model_file, capsys):
     """`pcsr upscale ...` in-process: (exit status, stdout, stderr)."""

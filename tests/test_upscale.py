@@ -15,25 +15,12 @@ import torch
 from PIL import Image, ImageCms
 
 from pcsr import io as pio
-from pcsr import weights
 from pcsr.cli import upscale
 from pcsr.cli import main
-from pcsr.models.pcsr import build_model
-from pcsr.models.specs import ModelSpec
 
 W, H = 13, 9  # LR size; odd, so width/height mix-ups show
 S = 4
-SPEC = ModelSpec(backbone="carn", backbone_args={"nf": 8, "groups": 4}, scale=S, upsamplers=((4,), (8,)),
-                 classifier=(4,))
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    weights.save(build_model(SPEC), path)
-    return path
 
 
 @pytest.fixture
