@@ -29,8 +29,9 @@ def _commands():
     """Every subcommand's parser builder. Imported by name: a subcommand whose module fails to import
     is a bug to see at once, not a subcommand to drop silently. (None of these modules imports torch
     at import time, so that --help stays fast.)"""
-    from . import bench, convert, evaluate, train, upscale
-    return [convert.add_parser, evaluate.add_parser, upscale.add_parser, train.add_parser, bench.add_parser]
+    from . import bench, convert, evaluate, serve, train, upscale
+    return [convert.add_parser, evaluate.add_parser, upscale.add_parser, train.add_parser, bench.add_parser,
+            serve.add_parser]
 
 
 def main(argv: list[str] | None = None) -> int:
