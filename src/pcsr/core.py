@@ -65,16 +65,23 @@ class Core:
 
     # ------------------------------------------------------------------ LR tensors
     def run(self, lr: torch.Tensor, routing: Routing | None = None, scale=None, out_size=None,
-            classes: torch.Tensor | None = None, path: str = "auto", return_prob: bool = False) -> SRResult:
+            classes: torch.Tensor | None = None, path: str = "auto", return_prob: bool = False,
+            window=None) -> SRResult:
         """LR (N, 3, h, w) float in [0, 1], any layout -> SRResult, by the engine. `path` "query"
-        forces the point-query heads (PCSR models)."""
+        forces the point-query heads (PCSR models); `window` (pcsr.models.heads.Window) asks for a
+        tile of a larger image's output grid."""
         if self.is_pcsr:
             return self.engine.run(lr, routing, scale=scale, out_size=out_size, classes=classes, path=path,
-                                   return_prob=return_prob)
+                                   return_prob=return_prob, window=window)
         return self.engine.run(lr, None, scale=scale, out_size=out_size)
 
-    def class_prob(self, lr: torch.Tensor, scale=None) -> torch.Tensor:
-        return self.engine.class_prob(lr, scale=scale)
+    def class_prob(self, lr: torch.Tensor, scale=None, window=None) -> torch.Tensor:
+        return self.engine.class_prob(lr, scale=scale, window=window)
+
+    def native(self, scale: float) -> bool:
+        """Whether `scale` runs the network at that scale (the model's own, or one in its spec's
+        trained scale_range) rather than resizing the result at the model's own scale."""
+        return self.spec.native(float(scale))
 
     # ------------------------------------------------------------------ images
     def upscale_array(self, rgb: np.ndarray, routing: Routing | None = None, *, alpha: np.ndarray | None = None,
@@ -82,15 +89,17 @@ class Core:
                 context: int | None = None, progress=None) -> Result:
         """One image: rgb (H, W, 3) float32 in [0, 1] (a view is fine: tiles are copied out one at a
         time), alpha (H, W) in [0, 1] or None. The result has `bits`-bit samples (gray: one channel).
-        `scale` other than the model's resizes the model's result with Lanczos."""
+        `scale` other than the model's runs the network at that scale where the model was trained
+        for it (`native`), else resizes the model's result with Lanczos."""
         h, w = rgb.shape[:2]
         scale = self.check_args(h, w, scale, tile, context)
-        self._prepare_memory(h, w, tile, context)
+        native = self.native(scale)
+        self._prepare_memory(h, w, tile, context, scale if native else None)
         lr = torch.from_numpy(rgb).permute(2, 0, 1)
         a = None if alpha is None else torch.from_numpy(alpha)
         res = tiling.upscale(self, lr, routing, tile=tile, context=context, bits=bits, gray=gray, alpha=a,
-                             progress=progress)
-        if scale != self.scale:
+                             progress=progress, out_size=out_size(h, w, scale) if native else None)
+        if not native:
             from .io import resample
             size = out_size(h, w, scale)
             res.pixels = resample(res.pixels, size)
@@ -116,13 +125,13 @@ class Core:
                             f"{free / 2**30:.1f} GB are free")
         return scale
 
-    def _prepare_memory(self, h: int, w: int, tile, context) -> None:
+    def _prepare_memory(self, h: int, w: int, tile, context, scale=None) -> None:
         """What makes the command fast on a CPU, for every caller: freed memory kept in the heap, and
         before the first image its working memory mapped in bulk (pcsr.runtime)."""
         if self._prepared or self.device.type != "cpu" or not sys.platform.startswith("linux"):
             return
         self._prepared = True
-        runtime.prefault_heap(min(PREFAULT_CAP, tiling.expected_peak(self, h, w, tile, context)))
+        runtime.prefault_heap(min(PREFAULT_CAP, tiling.expected_peak(self, h, w, tile, context, scale)))
 
 
 def out_size(h: int, w: int, scale: float) -> tuple[int, int]:

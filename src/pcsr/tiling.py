@@ -25,6 +25,7 @@ from . import routing as rt
 from .engines import is_out_of_memory
 from .errors import PcsrError
 from .flops import heavy_fraction
+from .models.heads import Window
 from .models.pcsr import Routing
 from .resize import imresize
 
@@ -58,6 +59,40 @@ class Tile:
         return max(self.y1 - self.y0, self.x1 - self.x0)
 
 
+@dataclass(frozen=True)
+class Grid:
+    """An h x w LR image's output grid of H x W pixels. LR rows [a, b) own output rows
+    [row(a), row(b)) (columns alike): exact integers at any scale, y * s at an integer scale s, so
+    tiles of the LR image tile the output grid with no gap and no overlap."""
+
+    h: int
+    w: int
+    H: int
+    W: int
+    scale: int | None  # the integer scale when H = h * s and W = w * s; None: point queries in windows
+
+    @classmethod
+    def of(cls, h: int, w: int, H: int, W: int) -> "Grid":
+        s = H // h
+        return cls(h, w, H, W, s if H == h * s and W == w * s else None)
+
+    def row(self, y: int) -> int:
+        return y * self.H // self.h
+
+    def col(self, x: int) -> int:
+        return x * self.W // self.w
+
+    def window(self, t: Tile) -> Window:
+        """The output window the network computes for tile t: everything its crop (with context) owns."""
+        return Window(self.h, self.w, self.H, self.W, t.py0, t.px0,
+                      self.row(t.py0), self.row(t.py1), self.col(t.px0), self.col(t.px1))
+
+    def owned(self, t: Tile) -> tuple[int, int, int, int, int, int]:
+        """(offset y, offset x, height, width) of t's owned output within its window, and its (Y, X)."""
+        Y, X = self.row(t.y0), self.col(t.x0)
+        return (Y - self.row(t.py0), X - self.col(t.px0), self.row(t.y1) - Y, self.col(t.x1) - X, Y, X)
+
+
 def _cuts(n: int, tile: int) -> list[int]:
     """Nearly equal parts of at most `tile`, so no thin sliver is left at the end."""
     parts = max(1, math.ceil(n / tile))
@@ -83,29 +118,35 @@ def required_context(model: Core) -> int:
 
 
 # ----------------------------------------------------------------------------- memory
-def bytes_per_lr_pixel(model: Core) -> int:
+def bytes_per_lr_pixel(model: Core, scale: float | None = None) -> int:
     """A deliberately high estimate of the working memory per LR pixel of a tile (above what
     each model was measured to take, BENCHMARKS.md). The PCSR heads run in
     chunks, so their cost per output pixel is a few maps (logits, classes, residual, refinement),
-    not their hidden widths. The out-of-memory retry covers any shortfall.
+    not their hidden widths; at a non-integer `scale` the point queries also hold every output
+    pixel's MLP input (features and coordinates). The out-of-memory retry covers any shortfall.
     """
     net, s = model.net, model.scale
     if model.is_pcsr:
-        return 48 * net.backbone.out_channels + s * s * (8 * net.num_classes + 144)
+        per_out = 8 * net.num_classes + 144
+        if scale is not None and scale != s:
+            s = math.ceil(scale)
+            per_out += 12 * (net.backbone.out_channels + 4)
+        return 48 * net.backbone.out_channels + s * s * per_out
     convs = [m for m in net.backbone.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     widest = max((m.out_channels for m in convs), default=64)
     return 2 * widest * (12 + s * s)
 
 
-def expected_peak(model: Core, h: int, w: int, tile: int | None = None, context: int | None = None) -> int:
+def expected_peak(model: Core, h: int, w: int, tile: int | None = None, context: int | None = None,
+                  scale: float | None = None) -> int:
     """A typical (not worst-case) peak of working memory for the largest tile of an h x w LR
     image: what the `pcsr` command asks the heap to have ready before its first image."""
     ctx = required_context(model) if context is None else int(context)
     if tile is None:
-        tile = auto_tile(model, ctx)
+        tile = auto_tile(model, ctx, scale)
     tiles = plan_tiles(h, w, max(h, w) if tile == 0 else tile, ctx)
     pixels = max((t.py1 - t.py0) * (t.px1 - t.px0) for t in tiles)
-    return int(TYPICAL_SHARE * bytes_per_lr_pixel(model) * pixels)
+    return int(TYPICAL_SHARE * bytes_per_lr_pixel(model, scale) * pixels)
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -125,7 +166,7 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def auto_tile(model: Core, context: int) -> int:
+def auto_tile(model: Core, context: int, scale: float | None = None) -> int:
     """The owned tile side (LR pixels) whose tile with context fits the memory budget."""
     free = available_memory(model.device)
     if free is None:
@@ -134,7 +175,7 @@ def auto_tile(model: Core, context: int) -> int:
         budget = free * CUDA_SHARE
     else:
         budget = min(free * CPU_SHARE, CPU_BUDGET_CAP)
-    side = int(math.sqrt(budget / bytes_per_lr_pixel(model))) - 2 * context
+    side = int(math.sqrt(budget / bytes_per_lr_pixel(model, scale))) - 2 * context
     return max(MIN_TILE, side)
 
 
@@ -160,12 +201,11 @@ class Tiled:
 class _Sink:
     """Where the owned part of every tile lands, quantized on the device before the copy back."""
 
-    def __init__(self, model: Core, h: int, w: int, bits: int, gray: bool, alpha: torch.Tensor | None):
-        s = model.scale
-        self.model, self.s, self.gray = model, s, gray
+    def __init__(self, model: Core, grid: Grid, bits: int, gray: bool, alpha: torch.Tensor | None):
+        self.model, self.grid, self.gray = model, grid, gray
         self.top = 65535.0 if bits == 16 else 255.0
         self.dtype = np.uint16 if bits == 16 else np.uint8
-        H, W = h * s, w * s
+        H, W = grid.H, grid.W
         try:
             self.pixels = np.empty((H, W, 1 if gray else 3), dtype=self.dtype)
             self.alpha_in = alpha
@@ -183,18 +223,15 @@ class _Sink:
 
     @torch.inference_mode()
     def put(self, t: Tile, sr: torch.Tensor, classes: torch.Tensor | None) -> None:
-        """sr (3, Ht, Wt) and classes (Ht, Wt) of the tile with its context."""
-        s = self.s
-        oy, ox = (t.y0 - t.py0) * s, (t.x0 - t.px0) * s
-        hh, ww = (t.y1 - t.y0) * s, (t.x1 - t.x0) * s
-        Y, X = t.y0 * s, t.x0 * s
+        """sr (3, Ht, Wt) and classes (Ht, Wt) of the tile's output window (its crop with context)."""
+        oy, ox, hh, ww, Y, X = self.grid.owned(t)
         own = sr[:, oy:oy + hh, ox:ox + ww].float()
         if self.gray:  # ITU-R 601 luma, as pcsr.io writes gray
             own = (0.299 * own[0] + 0.587 * own[1] + 0.114 * own[2]).unsqueeze(0)
         self.pixels[Y:Y + hh, X:X + ww] = self._quantize(own).transpose(1, 2, 0)
-        if self.alpha is not None:
+        if self.alpha is not None and self.grid.scale is not None:
             crop = self.alpha_in[t.py0:t.py1, t.px0:t.px1].unsqueeze(0).float()
-            up = imresize(crop, scale=s)[0, oy:oy + hh, ox:ox + ww]
+            up = imresize(crop, scale=self.grid.scale)[0, oy:oy + hh, ox:ox + ww]
             self.alpha[Y:Y + hh, X:X + ww] = self._quantize(up)
         net, h_own, w_own = self.model.net, t.y1 - t.y0, t.x1 - t.x0
         if classes is None:
@@ -208,6 +245,14 @@ class _Sink:
         self.counts = [a + b for a, b in zip(self.counts, counts)]
         self.flops += net.count_flops(h_own, w_own, counts)
         self.max_flops += net.count_flops(h_own, w_own, [0] * (net.num_classes - 1) + [hh * ww])
+
+    @torch.inference_mode()
+    def finish(self) -> None:
+        """Alpha at a non-integer scale: MATLAB bicubic of the whole plane at once (its taps do not
+        follow the output grid's tile cuts)."""
+        if self.alpha is not None and self.grid.scale is None:
+            up = imresize(self.alpha_in.unsqueeze(0).float(), size=(self.grid.H, self.grid.W))[0]
+            self.alpha[:] = self._quantize(up)
 
 
 # ----------------------------------------------------------------------------- running
@@ -261,8 +306,9 @@ class _Runner:
 
 def upscale(model: Core, lr: torch.Tensor, routing: Routing | None = None, *, tile: int | None = None,
             context: int | None = None, bits: int = 8, gray: bool = False, alpha: torch.Tensor | None = None,
-            progress: Callable[[int], object] | None = None) -> Tiled:
-    """Upscale one LR image (3, h, w) float in [0, 1], in host memory, by the model's scale.
+            progress: Callable[[int], object] | None = None, out_size: tuple[int, int] | None = None) -> Tiled:
+    """Upscale one LR image (3, h, w) float in [0, 1], in host memory, by the model's scale, or to
+    `out_size` (H, W): a PCSR model's point queries, tiled on the output grid (any ratio).
 
     tile: owned tile side in LR pixels (None: from free memory; 0: the whole image at once).
     context: LR pixels around each tile (default and minimum: receptive radius + 2).
@@ -275,10 +321,14 @@ def upscale(model: Core, lr: torch.Tensor, routing: Routing | None = None, *, ti
     if context < need:
         raise PcsrError(f"a context of {context} LR pixels is too small for this model; it needs {need}")
     _, h, w = lr.shape
+    s = model.scale
+    grid = Grid.of(h, w, *(out_size or (h * s, w * s)))
+    if grid.scale != s and not model.is_pcsr:
+        raise PcsrError(f"this model only upscales x{s}")
     if tile is None:
-        tile = auto_tile(model, context)
+        tile = auto_tile(model, context, grid.H / h)
     tile = max(h, w) if tile == 0 else max(1, int(tile))
-    sink = _Sink(model, h, w, bits, gray, alpha)
+    sink = _Sink(model, grid, bits, gray, alpha)
     tiles = plan_tiles(h, w, tile, context)
     whole = model.is_pcsr and (r.adaptive or r.budget is not None)
     bar = progress(len(tiles) * (2 if whole and len(tiles) > 1 else 1)) if progress and len(tiles) > 1 else None
@@ -287,15 +337,15 @@ def upscale(model: Core, lr: torch.Tensor, routing: Routing | None = None, *, ti
         classes = None
         if whole and len(tiles) == 1:
             try:  # one tile: the model decides over the whole image itself
-                n = runner.each(tiles, lambda t: _sr_tile(model, lr, r, t, None, sink, whole_only=True))
+                n = runner.each(tiles, lambda t: _sr_tile(model, lr, r, t, None, sink, grid, whole_only=True))
                 return _result(sink, runner, n, split=False)
             except _NeedsTwoPasses:  # it did not fit: split, and decide in a first pass
                 tiles = plan_tiles(h, w, runner.tile, context)
                 if bar is not None:
                     bar.reset(total=2 * len(tiles))
         if whole:
-            classes = _decide_whole(model, lr, r, runner, tiles)
-        n = runner.each(tiles, lambda t: _sr_tile(model, lr, r, t, classes, sink))
+            classes = _decide_whole(model, lr, r, runner, tiles, grid)
+        n = runner.each(tiles, lambda t: _sr_tile(model, lr, r, t, classes, sink, grid))
         return _result(sink, runner, n, split=len(tiles) > 1 or runner.tile < tile)
     finally:
         if bar is not None:
@@ -307,6 +357,7 @@ class _NeedsTwoPasses(Exception):
 
 
 def _result(sink: _Sink, runner: _Runner, n: int, split: bool) -> Tiled:
+    sink.finish()
     return Tiled(sink.pixels, sink.alpha, sink.classes, sink.flops, sink.max_flops, sink.counts,
                  runner.tile if split else 0, n)
 
@@ -316,35 +367,40 @@ def _crop(lr: torch.Tensor, t: Tile) -> torch.Tensor:
 
 
 def _sr_tile(model: Core, lr: torch.Tensor, r: Routing, t: Tile, classes: np.ndarray | None, sink: _Sink,
-             whole_only: bool = False) -> None:
+             grid: Grid, whole_only: bool = False) -> None:
     if whole_only and (t.y0, t.x0, t.y1, t.x1) != (0, 0, *lr.shape[1:]):
         raise _NeedsTwoPasses
+    win = grid.window(t)
     cls = None
     if classes is not None:
-        s = model.scale
-        crop = classes[t.py0 * s:t.py1 * s, t.px0 * s:t.px1 * s]
+        crop = classes[win.y0:win.y1, win.x0:win.x1]
         cls = torch.from_numpy(np.ascontiguousarray(crop)).to(model.device).unsqueeze(0)
-    res = model.run(_crop(lr, t), r, scale=model.scale, classes=cls)
+    if grid.scale is not None:
+        res = model.run(_crop(lr, t), r, scale=grid.scale, classes=cls)
+    else:
+        res = model.run(_crop(lr, t), r, window=win, classes=cls)
     sink.put(t, res.sr[0], None if res.classes is None else res.classes[0])
 
 
-def _decide_whole(model: Core, lr: torch.Tensor, r: Routing, runner: _Runner, tiles: list[Tile]) -> np.ndarray:
+def _decide_whole(model: Core, lr: torch.Tensor, r: Routing, runner: _Runner, tiles: list[Tile],
+                  grid: Grid) -> np.ndarray:
     """Pass 1: the heavy class's probability everywhere; then one decision over the whole image."""
-    net, s = model.net, model.scale
-    _, h, w = lr.shape
-    H, W = h * s, w * s
+    net = model.net
+    h, w, H, W = grid.h, grid.w, grid.H, grid.W
     heavy = net.num_classes - 1
     p_heavy = np.empty((H, W), dtype=np.float32)
     rest = np.zeros((H, W), dtype=np.uint8) if heavy > 1 else None
 
     def gather(t: Tile) -> None:
-        prob = model.class_prob(_crop(lr, t), scale=model.scale)[0]
-        oy, ox = (t.y0 - t.py0) * s, (t.x0 - t.px0) * s
-        hh, ww = (t.y1 - t.y0) * s, (t.x1 - t.x0) * s
+        if grid.scale is not None:
+            prob = model.class_prob(_crop(lr, t), scale=grid.scale)[0]
+        else:
+            prob = model.class_prob(_crop(lr, t), window=grid.window(t))[0]
+        oy, ox, hh, ww, Y, X = grid.owned(t)
         own = prob[:, oy:oy + hh, ox:ox + ww]
-        p_heavy[t.y0 * s:t.y1 * s, t.x0 * s:t.x1 * s] = own[heavy].cpu().numpy()
+        p_heavy[Y:Y + hh, X:X + ww] = own[heavy].cpu().numpy()
         if rest is not None:  # pixels not sent to the costliest class take the best cheaper one
-            rest[t.y0 * s:t.y1 * s, t.x0 * s:t.x1 * s] = own[:heavy].argmax(0).to(torch.uint8).cpu().numpy()
+            rest[Y:Y + hh, X:X + ww] = own[:heavy].argmax(0).to(torch.uint8).cpu().numpy()
 
     runner.each(tiles, gather)
     p = torch.from_numpy(p_heavy)

@@ -50,8 +50,9 @@ def add_parser(sub) -> None:
                         "file name with an image extension (.png, .jpg, .webp, .tif, .bmp), which sets the format")
     p.add_argument("-s", "--outscale", type=_scale, default=None, metavar="S",
                    help="final scale of the output against the input (default: the model's own, 4 for the "
-                        "bundled model); another value resizes the model's result with Lanczos, as "
-                        "Real-ESRGAN's --outscale does")
+                        "bundled model). A PCSR model trained for a range of scales runs at S natively; "
+                        "otherwise another value resizes the model's result with Lanczos, as Real-ESRGAN's "
+                        "--outscale does (a note says so)")
     p.add_argument("--suffix", default=None,
                    help="added to the output name: <stem>_<suffix>.<ext> (default x<scale>, e.g. x4 or x2.5)")
     p.add_argument("--ext", default="auto", choices=["auto", *EXTENSIONS],
@@ -368,6 +369,9 @@ def run(args) -> int:
         args.usage_error(f"--tile-pad {args.tile_pad} is below this model's need of {need} LR pixels of context")
     if args.class_map and not model.is_pcsr:
         _line(sys.stderr, "pcsr upscale: note: --class-map ignored, this model has no upsampler classes")
+    if args.outscale is not None and not model.native(args.outscale) and rank == 0:
+        _line(sys.stderr, f"pcsr upscale: note: the model was trained for x{model.scale:g} only; -s {args.outscale:g} "
+                          "resizes its result with Lanczos")
     suffix = args.suffix if args.suffix is not None else scale_label(args.outscale or model.scale)
     skipped = earlier_outputs(images, [Path(i) for i in items if Path(i).is_dir()], suffix)
     if skipped:

@@ -20,6 +20,7 @@ import torch
 from torch.profiler import record_function
 
 from .. import routing as rt
+from ..models.heads import Window
 from ..models.pcsr import PCSR, Routing
 from ..device import DTYPES, autocast, check_precision
 
@@ -101,24 +102,28 @@ class Engine:
         return torch.empty(lr.shape, dtype=torch.float32, device=self.device).copy_(lr)
 
     def run(self, lr: torch.Tensor, routing: Routing | None = None, *, scale=None, out_size=None,
-            classes: torch.Tensor | None = None, path: str = "auto", return_prob: bool = False) -> SRResult:
+            classes: torch.Tensor | None = None, path: str = "auto", return_prob: bool = False,
+            window: Window | None = None) -> SRResult:
         """LR (N, 3, h, w) in [0, 1] -> SRResult. `classes` (N, H, W) imposes a class map (whole-image
-        decisions made elsewhere); `path` "query" forces the point-query heads (PCSR models)."""
+        decisions made elsewhere); `path` "query" forces the point-query heads (PCSR models); `window`
+        asks for a window of a larger image's output grid instead (pcsr.tiling, non-integer scales)."""
         lr = self.normalise(lr)
         with torch.inference_mode(), autocast(self.device, self.precision):
             if isinstance(self.net, PCSR):
-                res = self._run_pcsr(lr, routing or Routing(), scale, out_size, classes, path, return_prob)
+                res = self._run_pcsr(lr, routing or Routing(), scale, out_size, classes, path, return_prob, window)
+            elif window is not None:
+                raise ValueError("only a PCSR model queries windows of the output grid")
             else:
                 res = self._run_original(lr, scale, out_size)
         res.sr = res.sr.float()
         return res
 
-    def class_prob(self, lr: torch.Tensor, scale=None, out_size=None) -> torch.Tensor:
+    def class_prob(self, lr: torch.Tensor, scale=None, out_size=None, window: Window | None = None) -> torch.Tensor:
         """(N, M, H, W) float32 classifier probabilities, backbone and classifier only: what routing
         decisions over a whole tiled image are made from (the same steps as `run` up to routing)."""
         lr = self.normalise(lr)
         with torch.inference_mode(), autocast(self.device, self.precision):
-            q, _, _ = self._features(lr, scale, out_size, "auto")
+            q, _, _ = self._features(lr, scale, out_size, "auto", window)
             logits = self._logits(q)
             return q.to_image(torch.softmax(logits, -1))
 
@@ -134,27 +139,28 @@ class Engine:
         f = self.net.backbone.flops(lr.shape[-2], lr.shape[-1])
         return SRResult(sr, None, None, [f] * lr.shape[0], [f] * lr.shape[0], None)
 
-    def _features(self, lr, scale, out_size, path):
+    def _features(self, lr, scale, out_size, path, window=None):
         x = (lr - self.net.mean.to(lr.dtype)).contiguous(memory_format=torch.channels_last)
         with record_function("backbone"):
             feat = self.backbone(x)
-        q, size = self.net.make_queries(feat, x.shape[-2:], scale, out_size, path)
+        q, size = self.net.make_queries(feat, x.shape[-2:], scale, out_size, path, window)
         return q, size, x
 
     def _logits(self, q) -> torch.Tensor:
         with record_function("classifier"), torch.autocast(self.device.type, enabled=False):
             return self.mlp_rows(q, self.net.classifier, None, dtype=torch.float32)  # (rows, M), image-major
 
-    def _run_pcsr(self, lr, r: Routing, scale, out_size, classes, path, return_prob) -> SRResult:
+    def _run_pcsr(self, lr, r: Routing, scale, out_size, classes, path, return_prob, window=None) -> SRResult:
         net = self.net
-        q, (H, W), x = self._features(lr, scale, out_size, path)
+        q, (H, W), x = self._features(lr, scale, out_size, path, window)
         n, _, h, w = x.shape
         logits = self._logits(q)
         with record_function("routing"):
             if classes is not None:
                 cls_rows = q.to_rows(classes.to(self.device).unsqueeze(1))[:, 0].to(torch.uint8)
             else:
-                cls_rows = net.route_rows(logits, r, n, h, w, H, W)
+                image = None if window is None else (window.h, window.w, window.H, window.W)
+                cls_rows = net.route_rows(logits, r, n, h, w, H, W, image)
             counts = [net.class_counts(c) for c in cls_rows.view(n, -1)]
             dense = self.dense_first(q, counts)
             first = 1 if dense else 0

@@ -142,15 +142,15 @@ class CpuEngine(Engine):
                 self._fall_back(err)
         return self._reference.run(lr, routing, **kw)
 
-    def class_prob(self, lr, scale=None, out_size=None):
+    def class_prob(self, lr, scale=None, out_size=None, window=None):
         if self.fell_back is None:
             try:
-                return super().class_prob(lr, scale, out_size)
+                return super().class_prob(lr, scale, out_size, window)
             except (RuntimeError, NotImplementedError) as err:
                 if is_out_of_memory(err):
                     raise
                 self._fall_back(err)
-        return self._reference.class_prob(lr, scale, out_size)
+        return self._reference.class_prob(lr, scale, out_size, window)
 
     def _fall_back(self, err: BaseException) -> None:
         self.fell_back = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

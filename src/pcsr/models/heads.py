@@ -13,6 +13,7 @@ Both share one small interface (`Queries`). They compute with the MLP's own modu
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -59,6 +60,50 @@ def make_coord(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor
 
     grid = torch.stack(torch.meshgrid(axis(h), axis(w), indexing="ij"), dim=-1)
     return grid.reshape(-1, 2).to(dtype)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window of the output grid of a whole image, queried over the features of an LR crop.
+
+    The whole image is h x w LR pixels upscaled to H x W (any ratio: the scale need not be an
+    integer). The crop starts at LR pixel (cy, cx) and has the features' size; the window is the
+    output pixels [y0, y1) x [x0, x1) of the whole image. Output pixel Y's centre lies at LR position
+    (Y + 0.5) h / H in the whole image, so a window gives each pixel exactly the MLP input it has in
+    the whole image: tiles of a non-integer scale stitch without seams or drift.
+    """
+
+    h: int
+    w: int
+    H: int
+    W: int
+    cy: int
+    cx: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+    def coords(self, hc: int, wc: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q, 2) query coordinates and cells in the crop's [-1, 1] frame (crop hc x wc), raster order.
+
+        The whole image's coordinates are made with `make_coord`'s float32 rounding, then moved to the
+        crop's frame in float64, so the crop that is the whole image gets them bit for bit."""
+        def axis(n_out: int, n_in: int, n_crop: int, start: int, a: int, b: int):
+            r = 1.0 / n_out
+            full = (-1.0 + r) + (2.0 * r) * torch.arange(a, b, dtype=torch.float32, device=device)
+            return ((full.double() + 1.0) * (n_in / n_crop) - 1.0 - 2.0 * start / n_crop).float()
+
+        ys = axis(self.H, self.h, hc, self.cy, self.y0, self.y1)
+        xs = axis(self.W, self.w, wc, self.cx, self.x0, self.x1)
+        coord = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+        cell = torch.tensor([2.0 * self.h / (self.H * hc), 2.0 * self.w / (self.W * wc)],
+                            dtype=torch.float64).float().to(device).expand_as(coord)
+        return coord, cell
 
 
 class Queries(Protocol):

@@ -16,7 +16,7 @@ from torch import nn
 from .. import routing
 from ..errors import PcsrError
 from .backbones import Backbone, build_backbone
-from .heads import MLP, PointQueries, SubpixelQueries, make_coord
+from .heads import MLP, PointQueries, SubpixelQueries, Window, make_coord
 from .specs import ModelSpec
 
 
@@ -78,10 +78,18 @@ class PCSR(nn.Module):
         return len(self.upsamplers)
 
     # ------------------------------------------------------------------ shared pieces
-    def make_queries(self, feat: torch.Tensor, lr_size, scale=None, out_size=None, path: str = "auto"):
+    def make_queries(self, feat: torch.Tensor, lr_size, scale=None, out_size=None, path: str = "auto",
+                     window: Window | None = None):
         """The query object over LR features `feat` for the requested output size: sub-pixel
-        queries for an integer scale (unless `path` is "query"), point queries otherwise."""
+        queries for an integer scale (unless `path` is "query"), point queries otherwise. A `window`
+        (a tile of a larger image's output grid, pcsr.tiling) is always point queries."""
         h, w = int(lr_size[0]), int(lr_size[1])
+        if window is not None:
+            n = feat.shape[0]
+            coord, cell = window.coords(h, w, feat.device)
+            q = PointQueries(feat, coord.unsqueeze(0).expand(n, -1, -1), cell.unsqueeze(0).expand(n, -1, -1),
+                             size=window.size)
+            return q, window.size
         if out_size is None:
             s = float(scale if scale is not None else self.spec.scale)
             out_size = (round(h * s), round(w * s))
@@ -148,11 +156,14 @@ class PCSR(nn.Module):
             return [classes.numel() - heavy, heavy]
         return torch.bincount(classes, minlength=self.num_classes).tolist()
 
-    def route_rows(self, logits: torch.Tensor, r: Routing, n: int, h: int, w: int, H: int, W: int) -> torch.Tensor:
-        """(rows, M) logits, image-major rows -> (rows,) uint8 classes by the routing rule."""
+    def route_rows(self, logits: torch.Tensor, r: Routing, n: int, h: int, w: int, H: int, W: int,
+                   image: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """(rows, M) logits, image-major rows of n h x w -> H x W grids -> (rows,) uint8 classes by the
+        routing rule. `image` (h, w, H, W): the whole image the grids are windows of, whose sizes set
+        the cost rule's per-pixel costs (a window's own ratio of LR to output pixels is rounded)."""
         m = self.num_classes
         if not (r.adaptive or r.budget is not None):
-            costs = self.costs(h, w, H, W)
+            costs = self.costs(*(image or (h, w, H, W)))
             shift = (r.k * torch.log(costs / costs.sum())).to(logits.device, torch.float32)
             if m == 2:  # p1/c1^k > p0/c0^k, ties to the cheaper class as argmax does
                 return ((logits[:, 1] - logits[:, 0]) > (shift[1] - shift[0])).to(torch.uint8)

@@ -77,6 +77,9 @@ class ModelSpec:
     upsamplers:    hidden widths of each per-pixel upsampler MLP, cheapest first
     classifier:    hidden widths of the classifier MLP
     mean:          RGB mean subtracted from the input and added back to the output
+    scale_range:   (lo, hi) when a PCSR model was trained on every scale in [lo, hi] (its point-query
+                   heads take any scale): `pcsr upscale -s S` in that range runs it at S natively
+                   instead of resizing its x`scale` result. None: trained at `scale` only.
     """
 
     backbone: str
@@ -85,6 +88,7 @@ class ModelSpec:
     upsamplers: tuple[tuple[int, ...], ...] = ()
     classifier: tuple[int, ...] = ()
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale_range: tuple[float, float] | None = None
     registry: InitVar[dict | None] = None  # another backbone table (tests of a new backbone); not stored
 
     def __post_init__(self, registry):
@@ -105,6 +109,27 @@ class ModelSpec:
         if not all(isinstance(m, Real) and not isinstance(m, bool) and math.isfinite(m) for m in mean):
             raise WeightsError(f"model spec: mean needs 3 finite numbers, got {list(mean)!r:.80}")
         object.__setattr__(self, "mean", tuple(float(m) for m in mean))
+        if self.scale_range is not None:
+            object.__setattr__(self, "scale_range", self._check_range(self.scale_range))
+
+    def _check_range(self, value) -> tuple[float, float]:
+        rng = _sequence(value, "scale_range")
+        if len(rng) != 2 or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+                                    for v in rng):
+            raise WeightsError(f"model spec: scale_range needs 2 finite numbers, got {list(rng)!r:.80}")
+        lo, hi = float(rng[0]), float(rng[1])
+        if not 1.0 <= lo <= self.scale <= hi <= MAX_SCALE:
+            raise WeightsError(f"model spec: scale_range must satisfy 1 <= lo <= scale ({self.scale}) <= hi <= "
+                               f"{MAX_SCALE}, got [{lo:g}, {hi:g}]")
+        if not self.is_pcsr:
+            raise WeightsError("model spec: scale_range needs a PCSR model (an original model has one scale)")
+        return lo, hi
+
+    def native(self, scale: float) -> bool:
+        """Whether the model was trained for `scale` (its own, or one in its scale_range)."""
+        if scale == self.scale:
+            return True
+        return self.scale_range is not None and self.scale_range[0] <= scale <= self.scale_range[1]
 
     @property
     def is_pcsr(self) -> bool:
@@ -115,6 +140,10 @@ class ModelSpec:
         d["upsamplers"] = [list(h) for h in self.upsamplers]
         d["classifier"] = list(self.classifier)
         d["mean"] = list(self.mean)
+        if self.scale_range is None:
+            del d["scale_range"]  # files of models trained at one scale stay as they were
+        else:
+            d["scale_range"] = list(self.scale_range)
         return d
 
     @classmethod
