@@ -149,10 +149,12 @@ def as_picture(image) -> Picture:
                    bits, None, "")
 
 
-def load(name_or_path=None, device: str = "auto", precision: str = "auto", engine: str = "auto") -> Model:
+def load(name_or_path=None, device: str = "auto", precision: str = "auto", engine: str = "auto",
+         compile: bool = False) -> Model:
     """A bundled model name (default: the bundled default), a .safetensors file, or a reference .pth.
     `precision` auto: a reduced precision only where measured harmless for the model and native on
-    this hardware; `engine` auto: the fast engine of the device where there is one."""
+    this hardware; `engine` auto: the fast engine of the device where there is one; `compile`: the
+    reference engine with torch.compile (for GPUs; it falls back to plain torch if compiling fails)."""
     net, info = weights.load(name_or_path)
     return Model(net, info, device=device, precision=precision, engine=engine,
-                 name=str(name_or_path or weights.DEFAULT_MODEL))
+                 name=str(name_or_path or weights.DEFAULT_MODEL), compile=compile)

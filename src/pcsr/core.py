@@ -29,7 +29,7 @@ class Core:
     """A network prepared for one device and precision by its engine."""
 
     def __init__(self, net: torch.nn.Module, info: dict | None = None, device: str = "auto",
-                 precision: str = "auto", name: str | None = None, engine: str = "auto"):
+                 precision: str = "auto", name: str | None = None, engine: str = "auto", compile: bool = False):
         self.device = pick_device(device)
         self.info = info or {}
         if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -38,7 +38,7 @@ class Core:
         check_precision(self.device, self.precision)
         if self.precision == "bf16" and (why := emulated_bf16(self.device)):
             warnings.warn(f"{why} (use --precision auto)", stacklevel=3)
-        self.engine = pick_engine(net, self.device, self.precision, engine)
+        self.engine = pick_engine(net, self.device, self.precision, engine, compile)
         self.net = self.engine.net
         self.name = name
         self._prepared = False

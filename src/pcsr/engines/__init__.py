@@ -16,12 +16,17 @@ from ..device import (DTYPES, autocast, check_precision, choose_precision, emula
 ENGINES = ("auto", "reference", "cpu")
 
 
-def pick_engine(net: torch.nn.Module, device: torch.device, precision: str, engine: str = "auto") -> Engine:
-    """An engine for `net` on `device` in `precision` ("fp32", "bf16", "fp16"; not "auto")."""
+def pick_engine(net: torch.nn.Module, device: torch.device, precision: str, engine: str = "auto",
+                compile: bool = False) -> Engine:
+    """An engine for `net` on `device` in `precision` ("fp32", "bf16", "fp16"; not "auto").
+    `compile`: the reference engine with its backbone under torch.compile (any device; the CPU
+    engine has its own fast forms instead)."""
     if engine not in ENGINES:
         raise PcsrError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-    if engine == "reference" or (engine == "auto" and device.type != "cpu"):
-        return ReferenceEngine(net, device, precision)
+    if compile and engine == "cpu":
+        raise PcsrError("compile applies to the reference engine; the cpu engine has its own fast forms")
+    if engine == "reference" or compile or (engine == "auto" and device.type != "cpu"):
+        return ReferenceEngine(net, device, precision, compile=compile)
     if device.type != "cpu":
         raise PcsrError("the cpu engine runs on a CPU only")
     from .cpu import CpuEngine

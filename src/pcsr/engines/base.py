@@ -51,17 +51,18 @@ class Engine:
 
     name = "reference"
 
-    def __init__(self, net: torch.nn.Module, device: torch.device, precision: str):
+    def __init__(self, net: torch.nn.Module, device: torch.device, precision: str, compile: bool = False):
         check_precision(device, precision)
         self.device, self.precision, self.dtype = device, precision, DTYPES[precision]
         self.net = net.to(device).eval()
         self.spec = net.spec
+        self.compile = compile
         self.backbone = self.backbone_form(self.net.backbone)
         self.fell_back: str | None = None  # why a fast engine gave up and ran the reference (None: it did not)
 
     # ------------------------------------------------------------------ the steps
     def backbone_form(self, backbone: torch.nn.Module):
-        return backbone
+        return Compiled(backbone) if self.compile else backbone
 
     def mlp_rows(self, q, mlp, rows=None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The MLP on every output row (rows None) or on `rows` (what `select` gave), in chunks."""
@@ -187,3 +188,26 @@ class Engine:
 
 
 ReferenceEngine = Engine
+
+
+class Compiled(torch.nn.Module):
+    """A backbone under torch.compile (shapes dynamic: tiles and images vary in size), which runs
+    the module itself if compiling fails (no C++ compiler, a backend that refuses an operation): the
+    compiled form is an optimisation, never a new way to fail. `failed` says why it gave up."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        # not a registered submodule: its parameters are the module's, and would be listed twice
+        object.__setattr__(self, "_compiled", torch.compile(module, dynamic=True))
+        self.failed: str | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.failed is None:
+            try:
+                return self._compiled(x)
+            except Exception as err:  # dynamo and inductor raise their own types
+                if is_out_of_memory(err):
+                    raise
+                self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return self.module(x)
