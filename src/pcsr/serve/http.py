@@ -96,6 +96,8 @@ async def body_image(request: Request, limit: int) -> tuple[bytes, str, dict]:
     fields = dict(request.query_params)
     if not ctype.startswith("multipart/form-data"):
         data = await request.body()
+        if len(data) > limit:
+            raise TooLarge
         return data, fields.pop("name", "upload"), fields
     from python_multipart import FormParser
     from python_multipart.multipart import parse_options_header
@@ -126,6 +128,8 @@ async def body_image(request: Request, limit: int) -> tuple[bytes, str, dict]:
     if "image" not in files:
         raise PcsrError('the form has no file field "image"')
     data, name = files["image"]
+    if len(data) > limit:
+        raise TooLarge
     return data, name, fields
 
 
