@@ -25,7 +25,7 @@ pytest.importorskip("httpx", reason="Starlette's test client needs httpx (pip in
 import warnings  # noqa: E402
 
 with warnings.catch_warnings():  # Starlette >= 1.x would rather have httpx2; httpx works the same here
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")  # StarletteDeprecationWarning is no DeprecationWarning
     from starlette.testclient import TestClient  # noqa: E402
 
 import pcsr  # noqa: E402
