@@ -308,3 +308,37 @@ def test_model_keys_hide_paths():
     from pcsr.cli.serve import model_keys
     assert model_keys(["carn-pcsr-x4", "/data/a/net.safetensors", "/data/b/net.safetensors"]) == \
         ["carn-pcsr-x4", "net", "net-2"]
+
+
+# ----------------------------------------------------------------------------- fall-backs and bounds
+def test_preview_falls_back_to_the_core_and_failures_are_one_line(model, tmp_path, monkeypatch):
+    from pcsr.serve import work
+
+    def refuse(*args, **kw):
+        raise RuntimeError("no fast form for this")
+
+    monkeypatch.setattr(work, "Prepared", refuse)
+    image = picture(tmp_path / "pic.png")
+    with client(model) as c:
+        iid = upload(c, image).json()["id"]
+        r = c.post("/api/jobs", json={"image": iid, "k": 0, "wait": 10}).json()
+        assert r["state"] == "done" and r["result"]["kind"] == "exact"  # the core ran instead
+
+        def broken(self, *a, **kw):
+            raise ValueError("boom\nsecond line")
+
+        monkeypatch.setattr(type(model), "upscale_array", broken)
+        r = c.post("/api/jobs", json={"image": iid, "k": 2, "wait": 10}).json()
+        assert r["state"] == "failed" and r["error"] == "pic.png: ValueError: boom second line"
+
+
+def test_store_is_bounded_and_keeps_the_newest():
+    from pcsr.serve.store import Store
+    s = Store(10, len)
+    s.put("a", b"1234")
+    s.put("b", b"1234")
+    assert s.get("a") == b"1234"  # now the most recently used
+    s.put("c", b"1234")           # over 10 bytes: the least recently used goes
+    assert "b" not in s and "a" in s and "c" in s and s.nbytes == 8
+    s.put("huge", b"x" * 100)     # alone over the budget, still kept: a result must stay fetchable
+    assert list(map(s.get, ["a", "c"])) == [None, None] and s.get("huge") is not None

@@ -118,16 +118,20 @@ class Server:
                 "budget": routing.budget, "refine": routing.refine}
 
         def body(job: jobq.Job) -> dict:
-            if exact or not cached:
+            prep = None
+            if cached and not exact:
+                prep = self.prepared.get((up.id, key))
+                if prep is None:
+                    prep = prepare(model, up)
+                    if prep is not None:
+                        self.prepared.put((up.id, key), prep)
+            if prep is None:
                 done = self.outputs.get(self.exact_ids.get(wanted) or "")
                 if done is None:
                     done = run_exact(model, up, routing, job.id, progress=job.progress)
                     self.outputs.put(done.id, done)
                     self.exact_ids.put(wanted, done.id)
                 return {**done.describe(), **echo}
-            prep = self.prepared.get((up.id, key))
-            if prep is None:
-                prep = self.prepared.put((up.id, key), prepare(model, up))
             out = self.outputs.put(job.id, run_preview(prep, up, routing, job.id, model))
             return {**out.describe(), **echo}
 
@@ -254,6 +258,7 @@ def create_app(models: dict, limits: Limits = Limits(), allowed_hosts: list[str]
         if what is None:
             raise NotFound("no such part of a result (view, file.png, overlay.png, classmap.png)")
         data, kind = await asyncio.to_thread(out.encoded, what, server.folder)
+        server.outputs.put(out.id, out)  # counts the encoding it now holds against the budget
         headers = {"Cache-Control": "private, max-age=3600"}
         if what in ("file", "classmap") and "download" in request.query_params:
             name = out.describe()["download" if what == "file" else "classmap_download"]

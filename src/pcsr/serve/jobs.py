@@ -187,7 +187,11 @@ def _finish(job: Job, result: dict | None = None, error: str | None = None) -> N
 
 
 def _one_line(err: BaseException) -> str:
-    from ..cli.upscale import failure_reason  # the command's wording for any failure, one line
+    """Jobs raise PcsrError with the picture's name (pcsr.serve.work); anything else is a bug,
+    still said in one line, in the command's wording."""
     if isinstance(err, PcsrError):
         return " ".join(str(err).split())
-    return failure_reason(getattr(err, "pcsr_name", "the image"), err)
+    from pathlib import Path
+
+    from ..cli.upscale import failure_reason
+    return failure_reason(Path("job"), err)

@@ -222,14 +222,16 @@ def run_exact(model, up: Upload, routing, result_id: str, progress=None) -> Outp
                   model.num_classes, fig, seconds, float(model.scale), pic.icc_profile, pic.exif)
 
 
-def prepare(model, up: Upload) -> Prepared:
+def prepare(model, up: Upload) -> Prepared | None:
+    """The cached preview, or None where the engine's fast steps refuse this picture: the core
+    then falls back to the reference engine itself, so the caller runs the core instead."""
+    from ..engines import is_out_of_memory
     try:
         return Prepared(model, up.picture.rgb, up.picture.alpha)
-    except PcsrError:
-        raise
-    except Exception as err:  # noqa: BLE001
-        from ..cli.upscale import failure_reason
-        raise PcsrError(failure_reason(Path(up.name), err)) from None
+    except (RuntimeError, NotImplementedError) as err:
+        if is_out_of_memory(err):
+            raise PcsrError(f"{up.name}: not enough memory for a live preview of this picture") from None
+        return None
 
 
 def run_preview(prepared: Prepared, up: Upload, routing, result_id: str, model) -> Output:
