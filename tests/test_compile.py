@@ -13,6 +13,9 @@ from pcsr.errors import PcsrError
 from pcsr.models.pcsr import Routing, build_model
 from pcsr.models.specs import ModelSpec
 
+# torch.compile's own imports use a deprecated torch.jit decorator: not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
 SPEC = ModelSpec(backbone="fsrcnn", backbone_args={"d": 8, "s": 4, "m": 2}, scale=4, upsamplers=((4,), (8,)),
                  classifier=(4,))
 
