@@ -39,6 +39,28 @@ def run_facts(run: Path) -> dict:
             "folders": data.get("folders", [])}
 
 
+def photo_credits(folders: list[str], weights: Path) -> list[str]:
+    """Card lines for a training folder that carries a CREDITS.tsv (file, source, licence, size):
+    the licences counted, and the file itself copied beside the weights as <stem>.credits.tsv, so
+    every photo's source and licence ships with the model."""
+    lines = []
+    for folder in folders:
+        credits = Path(folder) / "CREDITS.tsv"
+        if not credits.is_file():
+            continue
+        rows = [r.split("\t") for r in credits.read_text().splitlines()[1:] if r.strip()]
+        counts: dict[str, int] = {}
+        for r in rows:
+            lic = r[2] if len(r) > 2 else "unknown"
+            counts[lic] = counts.get(lic, 0) + 1
+        target = weights.with_suffix(".credits.tsv")
+        target.write_text(credits.read_text())
+        lines += [f"{Path(folder).name}: {len(rows)} photographs, each credited with its source and licence in "
+                  f"`{target.name}` (beside this card). Licences: "
+                  + "; ".join(f"{lic} ({n})" for lic, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ".", ""]
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights")
@@ -75,10 +97,12 @@ def main() -> None:
             lines.append(f"| {f['run']} | {f['phase']} | {f['iterations']} (schedule {f['schedule']}) | {f['wall_hours']} | "
                          f"{f['precision']} | {f['batch']} | {f['lr_patch']} | {f['queries'] or 'all'} |")
         lines += ["", f"Machine: {args.machine}. Adam (0.9, 0.99), cosine annealing to 1e-7.", ""]
+        folders = list(dict.fromkeys(p for f in facts for p in f["folders"]))
         lines += ["## Data and licence", "",
-                  "HR images: " + ", ".join(Path(p).name for p in facts[0]["folders"]) + ". "
+                  "HR images: " + ", ".join(Path(p).name for p in folders) + ". "
                   "T91, BSD200 (Berkeley Segmentation Dataset: non-commercial research use) and SunHays80 carry "
                   "research-only licences; use these weights for research only.", ""]
+        lines += photo_credits(folders, path)
     lines += ["## Validation (fp32, whole images, MATLAB bicubic LR, border of scale shaved)", "",
               "| set | routing | PSNR RGB | PSNR Y | GFLOPs | of all-heavy GFLOPs | heavy pixels |",
               "|---|---|---|---|---|---|---|"]
