@@ -135,3 +135,21 @@ def test_a_failing_fast_path_falls_back_to_the_reference(monkeypatch):
     want = Engine(model("carn", 2), CPU, "fp32").run(lr, Routing(k=0.0))
     assert eng.fell_back and "simulated" in eng.fell_back
     assert torch.equal(got.classes, want.classes) and (got.sr - want.sr).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("engine,device,precision", [c for c in engine_cases() if c.values[2] == "fp32"])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_composed_candidates_equal_the_run(engine, device, precision, classes):
+    """A live preview's composition (every upsampler cached, then routed) gives `run`'s image, class
+    map and FLOPs for every routing rule: the same rule, refinement and accounting."""
+    net = model("carn", classes)
+    eng = pick_engine(net, device, precision, engine)
+    lr = torch.rand(1, 3, 10, 13, generator=torch.Generator().manual_seed(5)).to(device)
+    cands = eng.candidates(lr)
+    for routing in [Routing(k=0.0), Routing(k=1.5), Routing(k=0.0, refine=False), Routing(adaptive=True),
+                    Routing(budget=0.4)]:
+        want, got = eng.run(lr, routing), eng.compose(cands, routing)
+        assert torch.equal(got.classes, want.classes)
+        assert 0 < int((want.classes > 0).sum()) < want.classes.numel()  # a class map worth comparing
+        assert torch.allclose(got.sr, want.sr, atol=1e-5)
+        assert got.flops == want.flops and got.max_flops == want.max_flops and got.counts == want.counts

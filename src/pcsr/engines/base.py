@@ -37,6 +37,22 @@ class SRResult:
     counts: list[list[int]] | None    # per image, pixels per class
 
 
+@dataclass
+class Candidates:
+    """One LR image through the network up to its routing rule, with every upsampler's output on
+    every pixel: what a live preview re-routes for a new `k` without running the network again
+    (`Engine.candidates`, then `Engine.compose` per routing)."""
+
+    q: object                         # the query object (pcsr.models.heads), for the class-map layout
+    logits: torch.Tensor              # (H*W, M) float32 classifier logits in the queries' row order
+    outputs: list[torch.Tensor]       # per class, (1, 3, H, W) float32 channels_last, base and mean added
+    size: tuple[int, int, int, int]   # (h, w, H, W)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(o.numel() * o.element_size() for o in self.outputs) + self.logits.numel() * 4
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))):
         return True
@@ -127,6 +143,38 @@ class Engine:
             q, _, _ = self._features(lr, scale, out_size, "auto", window)
             logits = self._logits(q)
             return q.to_image(torch.softmax(logits, -1))
+
+    def candidates(self, lr: torch.Tensor, scale=None) -> Candidates:
+        """One PCSR image (1, 3, h, w) up to routing, every upsampler on every pixel (the same steps
+        as `run` up to the logits, then each upsampler's dense pass and the bilinear base)."""
+        lr = self.normalise(lr)
+        if lr.shape[0] != 1 or not isinstance(self.net, PCSR):
+            raise ValueError("candidates are made for one image of a PCSR model")
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            q, (H, W), x = self._features(lr, scale, None, "auto")
+            logits = self._logits(q)
+            base = q.bilinear(lr.to(x.dtype)).float()
+            outputs = [q.to_image(self.mlp_rows(q, u).float().add_(base)).contiguous(memory_format=torch.channels_last)
+                       for u in self.net.upsamplers]
+        return Candidates(q, logits, outputs, (x.shape[-2], x.shape[-1], H, W))
+
+    def compose(self, c: Candidates, routing: Routing) -> SRResult:
+        """The image `run` would give for `routing`, from candidates: the model's routing rule on the
+        cached logits, each pixel's class's output, the seam refinement, the FLOP accounting. (Every
+        upsampler ran densely here, so in reduced precision a sample can differ from `run`'s
+        gathered rows by a level: a preview, where `run` makes the result.)"""
+        net, (h, w, H, W) = self.net, c.size
+        with torch.inference_mode():
+            cls_rows = net.route_rows(c.logits, routing, 1, h, w, H, W)
+            counts = net.class_counts(cls_rows)
+            cls_img = c.q.to_image(cls_rows)  # (1, H, W) uint8
+            sr = c.outputs[0]
+            for j in range(1, len(c.outputs)):
+                sr = torch.where((cls_img == j).unsqueeze(1), c.outputs[j], sr)
+            if routing.refine:
+                sr = self.refine(sr, cls_img)
+        max_flops = net.count_flops(h, w, [0] * (net.num_classes - 1) + [H * W])
+        return SRResult(sr, cls_img, None, [net.count_flops(h, w, counts)], [max_flops], [counts])
 
     # ------------------------------------------------------------------ the algorithm
     def _run_original(self, lr, scale, out_size) -> SRResult:
