@@ -132,8 +132,7 @@ def test_the_core_runs_trained_scales_natively_and_others_by_lanczos(models):
 
 @pytest.mark.parametrize("bad, message", [
     ((2.0,), "2 finite numbers"), ((1.0, float("inf")), "2 finite numbers"), ("1-4", "must be a list"),
-    ((5.0, 8.0), "lo <= scale"), ((0.5, 4.0), "1 <= lo"), ((1.0, 3.0), "scale (4) <= hi"),
-    ((1.0, 40.0), "hi <= 16"), ((True, 4.0), "2 finite numbers"),
+    ((3.0, 2.0), "lo <= hi"), ((0.5, 4.0), "1 <= lo"), ((1.0, 40.0), "hi <= 16"), ((True, 4.0), "2 finite numbers"),
 ])
 def test_scale_range_is_validated(bad, message):
     with pytest.raises(WeightsError, match=message.replace("(", r"\(").replace(")", r"\)")):

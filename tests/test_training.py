@@ -126,9 +126,13 @@ def test_original_model_and_queries(data, tmp_path):
     orig = dict(TINY_MODEL, upsamplers=[], classifier=[])
     t = train(make(data, model=orig, precision="fp32"), tmp_path / "o", progress=False)
     assert t.iteration == 4
-    cfg = make(data, data__scale_range=[1.0, 4.0], data__queries=16, optim__iterations=3, val__folders=[])
+    cfg = make(data, data__scale_range=[1.0, 3.5], data__queries=16, optim__iterations=3, val__folders=[])
     t = train(cfg, tmp_path / "q", progress=False)
     assert t.iteration == 3
+    # the exported model says which scales it was trained for: `-s 2.5` then runs it natively
+    assert main(["export", str(tmp_path / "q"), "-o", str(tmp_path / "q.safetensors"), "--which", "last"]) == 0
+    net, _ = weights.load(tmp_path / "q.safetensors")
+    assert net.spec.scale_range == (1.0, 3.5) and net.spec.native(2.5) and not net.spec.native(3.7)
     with pytest.raises(ConfigError):
         make(data, model=orig, data__queries=16)
 

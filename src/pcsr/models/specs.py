@@ -118,9 +118,9 @@ class ModelSpec:
                                     for v in rng):
             raise WeightsError(f"model spec: scale_range needs 2 finite numbers, got {list(rng)!r:.80}")
         lo, hi = float(rng[0]), float(rng[1])
-        if not 1.0 <= lo <= self.scale <= hi <= MAX_SCALE:
-            raise WeightsError(f"model spec: scale_range must satisfy 1 <= lo <= scale ({self.scale}) <= hi <= "
-                               f"{MAX_SCALE}, got [{lo:g}, {hi:g}]")
+        if not 1.0 <= lo <= hi <= MAX_SCALE:
+            raise WeightsError(f"model spec: scale_range must satisfy 1 <= lo <= hi <= {MAX_SCALE}, "
+                               f"got [{lo:g}, {hi:g}]")
         if not self.is_pcsr:
             raise WeightsError("model spec: scale_range needs a PCSR model (an original model has one scale)")
         return lo, hi

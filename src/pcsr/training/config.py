@@ -98,8 +98,16 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_minutes: float = 5.0
 
-    def check(self) -> None:
+    def spec(self) -> ModelSpec:
+        """The model's spec as trained: with data.scale_range, the model says which scales it was
+        trained for, so `pcsr upscale -s` runs it natively there (pcsr.models.specs)."""
         spec = self.model.spec()
+        if not self.data.scale_range or not spec.is_pcsr or len(self.data.scale_range) != 2:
+            return spec  # check() names what is wrong with a bad range
+        return ModelSpec.from_dict({**spec.to_dict(), "scale_range": [float(v) for v in self.data.scale_range]})
+
+    def check(self) -> None:
+        spec = self.spec()
         if self.phase not in (0, 1):
             raise ConfigError(f"phase must be 0 or 1, got {self.phase}")
         if not spec.is_pcsr and self.phase != 0:

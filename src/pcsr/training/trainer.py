@@ -125,7 +125,7 @@ class Trainer:
         torch.set_num_threads(threads)
         if cfg.flush_denormal:
             torch.set_flush_denormal(True)
-        self.spec = cfg.model.spec()
+        self.spec = cfg.spec()
         self.is_pcsr = self.spec.is_pcsr
         ckpt_path = self.run_dir / "last.pt"
         if self.dist.main:
@@ -424,7 +424,7 @@ def export(run_dir: str | Path, out: str | Path, which: str = "best") -> dict:
         return info
     ck = read_checkpoint(run_dir / "last.pt")
     cfg = from_dict(TrainConfig, ck["config"])
-    net = build_model(cfg.model.spec())
+    net = build_model(cfg.spec())
     net.load_state_dict(ck["model"])
     info = {
         "trained_by": "pcsr train", "run": cfg.name, "phase": cfg.phase if cfg.model.upsamplers else None,
