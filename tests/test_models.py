@@ -5,7 +5,7 @@ from conftest import infer
 
 from pcsr import flops as fl
 from pcsr.models.heads import MLP
-from pcsr.models.pcsr import PCSR, OriginalSR, Routing, build_model
+from pcsr.models.pcsr import OriginalSR, Routing, build_model
 from pcsr.models.specs import ModelSpec
 from pcsr.errors import WeightsError
 

@@ -9,7 +9,7 @@ that tail takes). To add a backbone: write its file and add one entry below; the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from ...errors import WeightsError
 from .base import Backbone, Measured, measure
