@@ -51,3 +51,22 @@ def test_baseline_carn_is_bundled_with_its_card():
     assert model.spec.backbone == "carn" and model.spec.backbone_args == {"nf": 64, "groups": 4}
     out = model.upscale(np.random.default_rng(1).integers(0, 256, (6, 9, 3), dtype=np.uint8))
     assert out.image.size == (36, 24) and out.class_map is None and out.flops == out.max_flops > 0
+
+
+def test_fast_option_is_bundled_with_its_card_and_credits():
+    """fsrcnn-pcsr-x4: the authors' FSRCNN-PCSR geometry, trained by us on the photo pool, so its
+    card names every photo's licence in a credits file that ships beside it."""
+    bundled = weights.bundled_models()
+    assert "fsrcnn-pcsr-x4" in bundled and bundled["fsrcnn-pcsr-x4"].stat().st_size < 500_000
+    path = bundled["fsrcnn-pcsr-x4"]
+    card = path.with_suffix(".md").read_text()
+    assert "research" in card and "Photos" in card and "| B100 | k = 0 |" in card
+    credits = path.with_suffix(".credits.tsv").read_text().splitlines()
+    assert credits[0].split("\t")[:3] == ["file", "source", "licence"] and len(credits) > 200
+    model = pcsr.load("fsrcnn-pcsr-x4")
+    assert model.is_pcsr and model.info.get("trained_by") == "pcsr train"
+    assert model.spec.backbone == "fsrcnn" and model.spec.backbone_args == {"d": 48, "s": 12, "m": 4}
+    assert [list(u) for u in model.spec.upsamplers] == [[10, 10, 10], [58, 58, 58, 58]]
+    out = model.upscale(np.random.default_rng(2).integers(0, 256, (7, 5, 3), dtype=np.uint8))
+    assert out.image.size == (20, 28) and out.class_map.shape == (28, 20)
+    assert 0 < out.flops <= out.max_flops
