@@ -122,6 +122,18 @@ def test_resume_is_exact(data, tmp_path):
     del whole
 
 
+def test_a_time_limit_stops_with_a_checkpoint_that_resumes(data, tmp_path):
+    # the shortest limit ends the session after its first iteration (the clock is checked after each)
+    cfg = make(data, optim__iterations=5, val__folders=[])
+    t = train(cfg, tmp_path / "t", minutes=1e-9, progress=False)
+    assert t.iteration == 1 and _state(tmp_path / "t" / "last.pt")["iteration"] == 1
+    assert train(cfg, tmp_path / "t", resume=True, minutes=60, progress=False).iteration == 5
+    with pytest.raises(Exception, match="minutes"):
+        train(cfg, tmp_path / "u", minutes=0, progress=False)
+    assert main(["train", "--config", str(tmp_path / "t" / "config.yaml"), "--out", str(tmp_path / "v"),
+                 "--minutes", "-1", "--no-progress"]) == 1
+
+
 def test_original_model_and_queries(data, tmp_path):
     orig = dict(TINY_MODEL, upsamplers=[], classifier=[])
     t = train(make(data, model=orig, precision="fp32"), tmp_path / "o", progress=False)

@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, metavar="RUNDIR", help="run folder (default runs/<name>)")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop (with a checkpoint) after N iterations of this session")
+    p.add_argument("--minutes", type=float, default=None, metavar="M",
+                   help="stop (with a checkpoint) after M minutes of this session, e.g. on a GPU lent for a while")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -46,7 +48,8 @@ def _train(args) -> int:
             raise PcsrError(f"{config}: no such file")
     cfg = load_config(config, args.overrides)
     run_dir = Path(args.out) if args.out else Path("runs") / cfg.name
-    t = train(cfg, run_dir, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    t = train(cfg, run_dir, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress,
+              minutes=args.minutes)
     if t.dist.main:
         print(f"{run_dir}: {t.iteration} iterations; checkpoint {run_dir / 'last.pt'}")
     from ..training.distributed import cleanup

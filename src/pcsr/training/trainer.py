@@ -117,8 +117,11 @@ class CosineSchedule:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
-                 progress: bool = True):
+                 progress: bool = True, minutes: float | None = None):
+        if minutes is not None and not minutes > 0:
+            raise PcsrError(f"minutes must be positive, got {minutes}")
         self.cfg, self.run_dir, self.stop_after, self.progress = cfg, Path(run_dir), stop_after, progress
+        self.minutes = minutes
         self.dist = D.init_from_env(use_cuda=cfg.device in ("auto", "cuda") and torch.cuda.is_available())
         self.device = pick_device(cfg.device, self.dist.local_rank)
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // self.dist.local_world)
@@ -390,7 +393,9 @@ class Trainer:
                             bar.write(f"[{self.iteration}] validation {json.dumps(res)}")
                     D.barrier(self.dist)
                 due = time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60
-                due, stopping = D.broadcast_flags(self.dist, [due, stop["flag"]])
+                # a lent GPU is held for minutes, not iterations: stop (with a checkpoint) on time
+                late = self.minutes is not None and time.perf_counter() - session_t0 >= self.minutes * 60
+                due, stopping = D.broadcast_flags(self.dist, [due, stop["flag"] or late])
                 if due or stopping:
                     self.save_checkpoint()
                     last_ckpt = time.monotonic()
@@ -438,8 +443,10 @@ def export(run_dir: str | Path, out: str | Path, which: str = "best") -> dict:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
-          progress: bool = True) -> Trainer:
-    trainer = Trainer(cfg, run_dir, resume=resume, stop_after=stop_after, progress=progress)
+          progress: bool = True, minutes: float | None = None) -> Trainer:
+    """Train (or continue) a run; `stop_after` iterations or `minutes` of this session's wall time end it
+    early with a checkpoint, to be continued with `resume`."""
+    trainer = Trainer(cfg, run_dir, resume=resume, stop_after=stop_after, progress=progress, minutes=minutes)
     return trainer.run()
 
 
