@@ -127,6 +127,13 @@ def test_a_time_limit_stops_with_a_checkpoint_that_resumes(data, tmp_path):
     cfg = make(data, optim__iterations=5, val__folders=[])
     t = train(cfg, tmp_path / "t", minutes=1e-9, progress=False)
     assert t.iteration == 1 and _state(tmp_path / "t" / "last.pt")["iteration"] == 1
+    # a caller that decoded the pool already (tools/gpu_round.py) hands it over: same batches
+    from pcsr.training.data import load_images
+    images, _ = load_images(cfg.data.folders)
+    again = train(cfg, tmp_path / "t2", minutes=1e-9, progress=False, images=images)
+    first, second = _state(tmp_path / "t" / "last.pt"), _state(tmp_path / "t2" / "last.pt")
+    assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+    assert all(any(s is i for i in images) for s in again.sampler.images)
     assert train(cfg, tmp_path / "t", resume=True, minutes=60, progress=False).iteration == 5
     with pytest.raises(Exception, match="minutes"):
         train(cfg, tmp_path / "u", minutes=0, progress=False)
@@ -226,3 +233,37 @@ def test_run_records_the_precision_it_resolved(data, tmp_path):
     want = "bf16" if fast_bf16(torch.device("cpu")) else "fp32"
     assert t.precision == want
     assert read_checkpoint(tmp_path / "p" / "last.pt")["precision"] == want
+
+
+def test_a_pack_holds_detailed_crops_within_its_budget(tmp_path):
+    from pcsr.training.pack import make_pack
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    # left half flat grey, right half noise: crops must come from the detailed side
+    for i in range(3):
+        img = np.full((80, 120, 3), 128, np.uint8)
+        img[:, 60:] = rng.integers(0, 256, (80, 60, 3))
+        Image.fromarray(img).save(src / f"p{i}.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(src / "tiny.png")  # below a crop: unused
+    (src / "CREDITS.tsv").write_text("file\tlicence\np0.png\tCC0\np1.png\tCC-BY\np2.png\tCC0\nother.png\tx\n")
+    info = make_pack([str(src)], tmp_path / "pack", budget_mb=0.05, crop=24, min_detail=20,
+                     detail_tries=50, seed=1, progress=False)
+    files = sorted((tmp_path / "pack" / "train").iterdir())
+    assert len(files) == info["crops"] > 0
+    assert sum(f.stat().st_size for f in files) == info["bytes"] <= 0.05 * 2**20
+    rows = (tmp_path / "pack" / "SOURCES.tsv").read_text().splitlines()
+    assert rows[0] == "crop\tsource\ty\tx" and sorted(r.split("\t")[0] for r in rows[1:]) == [f.name for f in files]
+    for r in rows[1:]:
+        _, source, y, x = r.split("\t")
+        assert int(x) >= 60 - 23 and "tiny" not in source   # overlaps the noise side
+    for f in files:
+        with Image.open(f) as im:
+            assert im.size == (24, 24) and im.format == "WEBP"
+    credits = (tmp_path / "pack" / "CREDITS.tsv").read_text().splitlines()
+    assert credits[0] == "file\tlicence" and "other.png" not in "".join(credits) and len(credits) >= 2
+    again = make_pack([str(src)], tmp_path / "pack2", budget_mb=0.05, crop=24, min_detail=20,
+                      detail_tries=50, seed=1, progress=False)
+    assert again == info
+    with pytest.raises(Exception, match="not empty"):
+        make_pack([str(src)], tmp_path / "pack", budget_mb=0.05, crop=24, progress=False)

@@ -117,7 +117,7 @@ class CosineSchedule:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
-                 progress: bool = True, minutes: float | None = None):
+                 progress: bool = True, minutes: float | None = None, images: list[torch.Tensor] | None = None):
         if minutes is not None and not minutes > 0:
             raise PcsrError(f"minutes must be positive, got {minutes}")
         self.cfg, self.run_dir, self.stop_after, self.progress = cfg, Path(run_dir), stop_after, progress
@@ -159,7 +159,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (self.dist.rank + 1))
-        images, _ = load_images(cfg.data.folders)
+        if images is None:  # a caller running several phases on one pool decodes it once (load_images)
+            images, _ = load_images(cfg.data.folders)
         self.sampler = PatchSampler(images, cfg.data, self.spec.scale, self.gen, self.device)
         self.iteration, self.wall, self.best, self.last_val = 0, 0.0, None, None
         if resume:
@@ -443,10 +444,12 @@ def export(run_dir: str | Path, out: str | Path, which: str = "best") -> dict:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
-          progress: bool = True, minutes: float | None = None) -> Trainer:
+          progress: bool = True, minutes: float | None = None, images: list[torch.Tensor] | None = None) -> Trainer:
     """Train (or continue) a run; `stop_after` iterations or `minutes` of this session's wall time end it
-    early with a checkpoint, to be continued with `resume`."""
-    trainer = Trainer(cfg, run_dir, resume=resume, stop_after=stop_after, progress=progress, minutes=minutes)
+    early with a checkpoint, to be continued with `resume`. `images`: the decoded `cfg.data.folders`
+    (`load_images`), when the caller already holds them."""
+    trainer = Trainer(cfg, run_dir, resume=resume, stop_after=stop_after, progress=progress, minutes=minutes,
+                      images=images)
     return trainer.run()
 
 
