@@ -71,7 +71,10 @@ def test_bundled_models_keep_their_golden_outputs(name, precision):
     around = np.pad(same, 1, constant_values=True)
     steady = np.logical_and.reduce([around[1 + dy:around.shape[0] - 1 + dy, 1 + dx:around.shape[1] - 1 + dx]
                                     for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-    assert diff[steady].max() <= (1 if model.precision == "fp32" else 2)
+    if model.precision == "fp32":
+        assert diff[steady].max() <= 1
+    else:  # AMX's bf16 convolutions round differently from AVX512-BF16's: a rare pixel is 3 levels off
+        assert diff[steady].max() <= 3 and (diff[steady] <= 2).mean() >= 0.999
 
 
 @pytest.fixture(scope="module")
