@@ -120,8 +120,7 @@ class Trainer:
                  progress: bool = True, minutes: float | None = None, images: list[torch.Tensor] | None = None):
         if minutes is not None and not minutes > 0:
             raise PcsrError(f"minutes must be positive, got {minutes}")
-        self.cfg, self.run_dir, self.stop_after, self.progress = cfg, Path(run_dir), stop_after, progress
-        self.minutes = minutes
+        self.cfg, self.run_dir, self.stop_after, self.progress, self.minutes = cfg, Path(run_dir), stop_after, progress, minutes
         self.dist = D.init_from_env(use_cuda=cfg.device in ("auto", "cuda") and torch.cuda.is_available())
         self.device = pick_device(cfg.device, self.dist.local_rank)
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // self.dist.local_world)
@@ -445,11 +444,7 @@ def export(run_dir: str | Path, out: str | Path, which: str = "best") -> dict:
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
           progress: bool = True, minutes: float | None = None, images: list[torch.Tensor] | None = None) -> Trainer:
-    """Train (or continue) a run; `stop_after` iterations or `minutes` of this session's wall time end it
-    early with a checkpoint, to be continued with `resume`. `images`: the decoded `cfg.data.folders`
-    (`load_images`), when the caller already holds them."""
-    trainer = Trainer(cfg, run_dir, resume=resume, stop_after=stop_after, progress=progress, minutes=minutes,
-                      images=images)
-    return trainer.run()
+    """`stop_after` iterations / `minutes` end a session early (checkpointed); `images`: cfg's decoded pool."""
+    return Trainer(cfg, run_dir, resume, stop_after, progress, minutes, images).run()
 
 
