@@ -27,6 +27,29 @@ def test_cost_rule_follows_its_definition():
         assert (cheap <= k0).all() and cheap.float().mean() < k0.float().mean()
 
 
+def test_folding_the_cost_rule_routes_as_k():
+    """A model whose classifier bias absorbed the cost rule at k routes with k = 0 exactly as the
+    original does with k, for 2 and 3 classes, at every image size of its scale."""
+    torch.manual_seed(3)
+    for widths, scale in ((((4,), (8,)), 4), (((4,), (6,), (8, 8)), 2)):
+        spec = ModelSpec("fsrcnn", {"d": 8, "s": 4, "m": 1}, scale=scale, upsamplers=widths, classifier=(4,))
+        net = build_model(spec).double()
+        feats = torch.randn(2000, net.classifier.layers[0].in_features, dtype=torch.float64) * 3
+        for k in (0.7, -0.4):
+            folded = build_model(spec).double()
+            folded.load_state_dict(net.state_dict())
+            folded.fold_cost_rule(k, scale)
+            for h, w in ((5, 4), (31, 17)):
+                size = (h, w, h * scale, w * scale)
+                want = net.route_rows(net.classifier(feats), Routing(k=k), 1, 40, 50, 40, 50, image=size)
+                got = folded.route_rows(folded.classifier(feats), Routing(k=0.0), 1, 40, 50, 40, 50, image=size)
+                assert torch.equal(got, want)
+                plain = net.route_rows(net.classifier(feats), Routing(k=0.0), 1, 40, 50, 40, 50, image=size)
+                assert (plain != want).sum() > 20  # k moved pixels, so the fold had something to do
+    with pytest.raises(ValueError):
+        net.fold_cost_rule(float("nan"), 2)
+
+
 def test_kmeans_splits_two_groups():
     x = torch.cat([torch.full((50,), 0.1), torch.full((10,), 0.9), torch.tensor([0.0, 1.0])])
     high = routing.kmeans_1d(x)

@@ -172,6 +172,34 @@ def test_cli_train_and_export(data, tmp_path):
     assert _state(run / "last.pt")["iteration"] == 3
 
 
+def test_export_fold_k_sets_the_default_operating_point(data, tmp_path, capsys):
+    """`pcsr export --fold-k K`: the file's default routing (k = 0) is the run's k = K, seen through the
+    public API as a user runs it; an original model has no routing to fold (one-line error)."""
+    import pcsr
+    t = train(make(data, optim__iterations=2, val__folders=[]), tmp_path / "r", progress=False)
+    assert t.iteration == 2
+    plain, folded = tmp_path / "plain.safetensors", tmp_path / "folded.safetensors"
+    assert main(["export", str(tmp_path / "r"), "-o", str(plain), "--which", "last"]) == 0
+    assert main(["export", str(tmp_path / "r"), "-o", str(folded), "--which", "last", "--fold-k", "2"]) == 0
+    assert weights.load(folded)[1]["folded_k"] == 2
+    img = np.asarray(Image.open(data / "val" / "v0.png"))
+    base = pcsr.load(str(plain)).upscale(img)
+    want = pcsr.load(str(plain)).upscale(img, k=2)
+    got = pcsr.load(str(folded)).upscale(img)
+    assert base.heavy_fraction > want.heavy_fraction > 0  # k = 2 moves pixels on this model
+    agree = (got.class_map == want.class_map).mean()
+    assert agree > 0.999  # the bias is rounded once more than the logit shift: a rare near-tie may flip
+    assert abs(got.flops - want.flops) <= 0.001 * want.max_flops
+
+    orig = dict(TINY_MODEL, upsamplers=[], classifier=[])
+    train(make(data, model=orig, precision="fp32", optim__iterations=1, val__folders=[]), tmp_path / "o",
+          progress=False)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "o"), "-o", str(tmp_path / "o.safetensors"), "--fold-k", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--fold-k needs a PCSR model" in err and len(err.splitlines()) == 1
+
+
 # ----------------------------------------------------------------------------- DDP
 def _ddp_worker(rank, port, cfg, run_dir, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",

@@ -76,7 +76,7 @@ def keep_log(run_dir: Path, dest: Path) -> None:
 def cmd_train(a) -> int:
     import torch
     from pcsr.training.data import load_images
-    from pcsr.training.trainer import export
+    from pcsr.training.export import export
     torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest kernels
     cfg0, cfg1, cpu_state = MODELS[a.model]
     out = Path(a.out)

@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
     e.add_argument("-o", "--output", required=True, help="destination .safetensors file")
     e.add_argument("--which", choices=["best", "last"], default="best",
                    help="best validated weights (default; falls back to last) or the last checkpoint")
+    e.add_argument("--fold-k", type=float, default=None, metavar="K",
+                   help="PCSR models: fold the cost rule at K into the classifier, so that the file's default "
+                        "k = 0 routes as k = K does on the run's weights (e.g. to meet a FLOPs budget)")
     e.set_defaults(func=_export)
 
 
@@ -58,7 +61,7 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from ..training.trainer import export
-    info = export(args.rundir, args.output, which=args.which)
+    from ..training.export import export
+    info = export(args.rundir, args.output, which=args.which, fold_k=args.fold_k)
     print(f"{args.rundir} -> {args.output}  ({info.get('iterations')} iterations)")
     return 0

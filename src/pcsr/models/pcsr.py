@@ -109,6 +109,20 @@ class PCSR(nn.Module):
         bb = self.backbone.flops(h, w) / (H * W)
         return torch.tensor([bb + u.flops_per_row() for u in self.upsamplers], dtype=torch.float64)
 
+    def fold_cost_rule(self, k: float, scale: int) -> None:
+        """Move the routing's operating point into the weights: shift the classifier's output biases by
+        the cost rule's k * log(cost share) at `scale`, so that plain argmax (k = 0) now routes as k did.
+        The cost rule is exactly such a shift of the logits, and for an integer scale the costs do not
+        depend on the image size (the backbone's FLOPs grow with its pixels), so the folded model routes
+        every image as before; at other scales it is off by a rounding of the backbone's share."""
+        if not math.isfinite(k):
+            raise ValueError(f"k must be a finite number, got {k}")
+        costs = self.costs(64, 64, 64 * scale, 64 * scale)
+        shift = k * torch.log(costs / costs.sum())
+        last = self.classifier.layers[-1]
+        with torch.no_grad():
+            last.bias.sub_(shift.to(last.bias.dtype))
+
     def count_flops(self, h: int, w: int, counts: list[int]) -> int:
         n_out = sum(counts)
         f = self.backbone.flops(h, w) + self.classifier.flops_per_row() * n_out

@@ -26,7 +26,7 @@ from ..errors import PcsrError
 from ..io import atomic_write
 from ..models.pcsr import Routing, build_model
 from . import distributed as D
-from .config import TrainConfig, from_dict, save_config
+from .config import TrainConfig, save_config
 from .data import Batch, PatchSampler, load_images
 from .losses import average_loss, l1
 
@@ -416,30 +416,6 @@ class Trainer:
 def _in_main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
-
-
-# ----------------------------------------------------------------------------- export
-def export(run_dir: str | Path, out: str | Path, which: str = "best") -> dict:
-    """Inference weights of a run: its best validated model, or the state of its last checkpoint."""
-    run_dir = Path(run_dir)
-    best = run_dir / "best.safetensors"
-    if which == "best" and best.exists():
-        net, info = weights_io.load(best)
-        weights_io.save(net, out, info=info)
-        return info
-    ck = read_checkpoint(run_dir / "last.pt")
-    cfg = from_dict(TrainConfig, ck["config"])
-    net = build_model(cfg.spec())
-    net.load_state_dict(ck["model"])
-    info = {
-        "trained_by": "pcsr train", "run": cfg.name, "phase": cfg.phase if cfg.model.upsamplers else None,
-        "iterations": int(ck["iteration"]), "wall_time_hours": round(float(ck["wall_time"]) / 3600, 3),
-        "precision": ck.get("precision", cfg.precision), "batch_size": cfg.data.batch_size * int(ck.get("world_size", 1)),
-        "lr_patch": cfg.data.lr_patch, "validation": json.loads(ck["last_val"]) if ck.get("last_val") else None,
-        "best": ck.get("best") or None, "data": list(cfg.data.folders), "licence": LICENCE_NOTE,
-    }
-    weights_io.save(net.eval(), out, info=info)
-    return info
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
