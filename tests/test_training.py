@@ -122,6 +122,51 @@ def test_resume_is_exact(data, tmp_path):
     del whole
 
 
+def test_ema_follows_its_definition():
+    """The average after each update, by hand: decay d_t = min(decay, (1 + t) / (10 + t)),
+    avg <- d_t * avg + (1 - d_t) * w; integer buffers are copied, not averaged."""
+    from pcsr.training.ema import Ema
+    net = torch.nn.BatchNorm1d(1)
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+    ema = Ema(net, decay=0.5)
+    want = 2.0
+    for t, w in enumerate([4.0, 0.0, 8.0], start=1):
+        with torch.no_grad():
+            net.weight.fill_(w)
+        net.num_batches_tracked.fill_(10 * t)
+        ema.update(net)
+        d = min(0.5, (1 + t) / (10 + t))
+        want = d * want + (1 - d) * w
+        assert ema.shadow["weight"].item() == pytest.approx(want, rel=1e-6)
+        assert ema.shadow["num_batches_tracked"].item() == 10 * t
+    with ema.swapped_in(net):
+        assert net.weight.item() == pytest.approx(want, rel=1e-6)
+    assert net.weight.item() == 8.0  # the raw weights are back
+
+
+def test_ema_run_resumes_exactly_and_exports_the_average(data, tmp_path):
+    cfg = make(data, optim__ema=0.9, val__folders=[str(data / "val")])
+    train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "b", stop_after=3, progress=False)
+    train(cfg, tmp_path / "b", resume=True, progress=False)
+    a, b = _state(tmp_path / "a" / "last.pt"), _state(tmp_path / "b" / "last.pt")
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 4
+    for k, v in a["ema"]["weights"].items():
+        assert torch.equal(v, b["ema"]["weights"][k]), k
+    moved = [k for k, v in a["ema"]["weights"].items() if v.is_floating_point() and not torch.equal(v, a["model"][k])]
+    assert moved  # the average lags the raw weights
+    # validation reports both; exports and best.safetensors carry the average
+    val = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if '"val"' in x][-1]
+    assert set(val["val"]["val"]) == {"all-heavy", "all-heavy raw"}
+    assert main(["export", str(tmp_path / "a"), "-o", str(tmp_path / "e.safetensors"), "--which", "last"]) == 0
+    for path in (tmp_path / "e.safetensors", tmp_path / "a" / "best.safetensors"):
+        sd = weights.load(path)[0].state_dict()
+        assert all(torch.equal(sd[k], a["ema"]["weights"][k]) for k in moved), path
+    with pytest.raises(ConfigError, match="optim.ema"):
+        make(data, optim__ema=1.0)
+
+
 def test_a_time_limit_stops_with_a_checkpoint_that_resumes(data, tmp_path):
     # the shortest limit ends the session after its first iteration (the clock is checked after each)
     cfg = make(data, optim__iterations=5, val__folders=[])

@@ -59,6 +59,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     min_lr: float = 1e-7            # cosine annealing floor, reached at the last iteration
     iterations: int = 100_000
+    # exponential moving average of the weights, validated and exported in place of the raw ones
+    # (decay per iteration, warmed up as min(ema, (1 + t) / (10 + t))); 0 = off
+    ema: float = 0.0
 
 
 @dataclass
@@ -122,6 +125,8 @@ class TrainConfig:
             raise ConfigError("data.scale_range needs two numbers [min, max]")
         if self.data.scale_range and not self.data.queries:
             raise ConfigError("data.scale_range needs data.queries > 0 (a non-integer scale uses point queries)")
+        if not 0.0 <= self.optim.ema < 1.0:
+            raise ConfigError(f"optim.ema must be in [0, 1) (0 = off), got {self.optim.ema}")
         if self.optim.iterations < 1 or self.data.batch_size < 1 or self.data.lr_patch < 1:
             raise ConfigError("optim.iterations, data.batch_size and data.lr_patch must be positive")
         if not (self.data.min_detail >= 0 and self.data.detail_tries >= 1):

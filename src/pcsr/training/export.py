@@ -26,7 +26,7 @@ def export(run_dir: str | Path, out: str | Path, which: str = "best", fold_k: fl
         ck = read_checkpoint(run_dir / "last.pt")
         cfg = from_dict(TrainConfig, ck["config"])
         net = build_model(cfg.spec())
-        net.load_state_dict(ck["model"])
+        net.load_state_dict(ck["ema"]["weights"] if ck.get("ema") else ck["model"])  # what the run validated
         info = {
             "trained_by": "pcsr train", "run": cfg.name, "phase": cfg.phase if cfg.model.upsamplers else None,
             "iterations": int(ck["iteration"]), "wall_time_hours": round(float(ck["wall_time"]) / 3600, 3),

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from ..models.pcsr import Routing, build_model
 from . import distributed as D
 from .config import TrainConfig, save_config
 from .data import Batch, PatchSampler, load_images
+from .ema import Ema
 from .losses import average_loss, l1
 
 CHECKPOINT_FORMAT = 1
@@ -74,14 +76,16 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_init_state(src: str) -> dict:
-    """Model weights from a run folder (its last.pt), a .pt checkpoint or a .safetensors model."""
+    """Model weights from a run folder (its last.pt), a .pt checkpoint (its averaged weights where the
+    run kept them: what it validated and exports) or a .safetensors model."""
     p = Path(src)
     if p.is_dir():
         p = p / "last.pt"
     if p.suffix == ".safetensors":
         net, _ = weights_io.load(p)
         return net.state_dict()
-    return read_checkpoint(p)["model"]
+    ck = read_checkpoint(p)
+    return ck["ema"]["weights"] if ck.get("ema") else ck["model"]
 
 
 class CosineSchedule:
@@ -151,6 +155,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                     weight_decay=cfg.optim.weight_decay)
         self.sched = CosineSchedule(self.opt, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.iterations)
+        self.ema = Ema(self.net, cfg.optim.ema) if cfg.optim.ema else None
         self.precision = training_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.model = self.net
@@ -214,6 +219,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.dist.world,
             "best": self.best or {}, "last_val": json.dumps(self.last_val) if self.last_val else "",
             "config": self.cfg.to_dict(), "spec": self.spec.to_dict(), "precision": self.precision,
+            "ema": self.ema.state_dict() if self.ema else {},
         }
 
     def _restore(self, ck: dict) -> None:
@@ -223,6 +229,10 @@ class Trainer:
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         self.iteration, self.wall = int(ck["iteration"]), float(ck["wall_time"])
+        if self.ema is not None and ck.get("ema"):
+            self.ema.load_state_dict(ck["ema"])
+        elif self.ema is not None:  # averaging switched on for a resumed run: start from its weights
+            self.ema = Ema(self.net, self.cfg.optim.ema)
         self.best = ck.get("best") or None
         self.last_val = json.loads(ck["last_val"]) if ck.get("last_val") else None
         rng = ck["rng"]
@@ -289,6 +299,8 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.net)
         return loss.item(), parts
 
     # ------------------------------------------------------------------ validation
@@ -303,21 +315,32 @@ class Trainer:
         return out
 
     def validate(self) -> dict:
-        """Figures by folder and routing, fp32, through the same path as `pcsr eval`."""
+        """Figures by folder and routing, fp32, through the same path as `pcsr eval`; with averaging,
+        of the averaged weights, and of the raw ones too (keys ending in " raw") to show what it gives."""
         from ..eval import evaluate
-        model = Core(self.net, device=str(self.device), precision="fp32")
-        res = {}
-        try:
+        res: dict = {}
+
+        def measure(suffix: str) -> None:
+            model = Core(self.net, device=str(self.device), precision="fp32")
             for folder in self.cfg.val.folders:
-                name = Path(folder).name
-                res[name] = {}
+                figs = res.setdefault(Path(folder).name, {})
                 for key, r in self.routings().items():
                     e = evaluate(model, folder, scale=self.spec.scale, routing=r)
-                    res[name][key] = {"psnr_y": round(e["psnr_y"], 4), "psnr_rgb": round(e["psnr_rgb"], 4),
-                                      "gflops": round(e["gflops"], 4), "heavy_fraction": e["heavy_fraction"]}
+                    figs[key + suffix] = {"psnr_y": round(e["psnr_y"], 4), "psnr_rgb": round(e["psnr_rgb"], 4),
+                                          "gflops": round(e["gflops"], 4), "heavy_fraction": e["heavy_fraction"]}
+        try:
+            if self.ema is not None:
+                with self.ema.swapped_in(self.net):
+                    measure("")
+            measure(" raw" if self.ema is not None else "")
         finally:
             self.train_mode()
         return res
+
+    def save_weights(self, path: Path) -> None:
+        """Inference weights: the averaged ones where the run keeps an average."""
+        with self.ema.swapped_in(self.net) if self.ema is not None else nullcontext():
+            weights_io.save(self.net, path, info=self.info())
 
     def info(self) -> dict:
         return {
@@ -337,7 +360,7 @@ class Trainer:
         if self.best is None or fig["psnr_y"] > self.best.get("psnr_y", -1.0):
             self.best = {"psnr_y": fig["psnr_y"], "it": self.iteration, "routing": key,
                          "folder": next(iter(res))}
-            weights_io.save(self.net, self.run_dir / "best.safetensors", info=self.info())
+            self.save_weights(self.run_dir / "best.safetensors")
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> "Trainer":
@@ -408,7 +431,7 @@ class Trainer:
                 signal.signal(signal.SIGTERM, old)
         self.save_checkpoint()
         if main and self.iteration == total and not (self.run_dir / "best.safetensors").exists():
-            weights_io.save(self.net, self.run_dir / "best.safetensors", info=self.info())
+            self.save_weights(self.run_dir / "best.safetensors")
         D.barrier(self.dist)
         return self
 
