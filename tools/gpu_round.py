@@ -85,7 +85,10 @@ def cmd_train(a) -> int:
     folder = str(Path(a.pack).resolve() / "train")
     common = [f"data.folders=[{folder}]", "data.min_detail=0", "val.folders=[]", "data.queries=0",
               f"data.batch_size={a.batch}", f"data.lr_patch={a.lr_patch}", f"device={a.device}",
-              "checkpoint_minutes=1", "log_every=50"]
+              "checkpoint_minutes=1", "log_every=50",
+              # a lease can end before the fitted cosine has decayed: the average keeps such a stop
+              # as good as a finished run (docs/TRAINING.md, session 14)
+              "optim.ema=0.999"]
     say(model=a.model, init=init, device=str(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"),
         torch=torch.__version__)
     runs = Path(tempfile.mkdtemp(prefix="round-"))
