@@ -47,3 +47,8 @@ class Ema:
             yield net
         finally:
             net.load_state_dict(raw)
+
+
+def inference_state(ck: dict) -> dict:
+    """The weights a training checkpoint stands for: the average where the run kept one, else the raw weights."""
+    return ck["ema"]["weights"] if ck.get("ema") else ck["model"]

@@ -8,6 +8,7 @@ from .. import weights as weights_io
 from ..errors import PcsrError
 from ..models.pcsr import PCSR, build_model
 from .config import TrainConfig, from_dict
+from .ema import inference_state
 from .trainer import LICENCE_NOTE, read_checkpoint
 
 
@@ -26,7 +27,7 @@ def export(run_dir: str | Path, out: str | Path, which: str = "best", fold_k: fl
         ck = read_checkpoint(run_dir / "last.pt")
         cfg = from_dict(TrainConfig, ck["config"])
         net = build_model(cfg.spec())
-        net.load_state_dict(ck["ema"]["weights"] if ck.get("ema") else ck["model"])  # what the run validated
+        net.load_state_dict(inference_state(ck))  # what the run validated
         info = {
             "trained_by": "pcsr train", "run": cfg.name, "phase": cfg.phase if cfg.model.upsamplers else None,
             "iterations": int(ck["iteration"]), "wall_time_hours": round(float(ck["wall_time"]) / 3600, 3),

@@ -29,7 +29,7 @@ from ..models.pcsr import Routing, build_model
 from . import distributed as D
 from .config import TrainConfig, save_config
 from .data import Batch, PatchSampler, load_images
-from .ema import Ema
+from .ema import Ema, inference_state
 from .losses import average_loss, l1
 
 CHECKPOINT_FORMAT = 1
@@ -76,16 +76,15 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_init_state(src: str) -> dict:
-    """Model weights from a run folder (its last.pt), a .pt checkpoint (its averaged weights where the
-    run kept them: what it validated and exports) or a .safetensors model."""
+    """Model weights from a run folder (its last.pt), a .pt checkpoint (inference_state) or a .safetensors model."""
     p = Path(src)
     if p.is_dir():
         p = p / "last.pt"
     if p.suffix == ".safetensors":
         net, _ = weights_io.load(p)
         return net.state_dict()
-    ck = read_checkpoint(p)
-    return ck["ema"]["weights"] if ck.get("ema") else ck["model"]
+    return inference_state(read_checkpoint(p))
+
 
 
 class CosineSchedule:
