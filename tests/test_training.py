@@ -122,6 +122,25 @@ def test_resume_is_exact(data, tmp_path):
     del whole
 
 
+def test_loss_kind_l2_is_the_mean_squared_error(data, tmp_path):
+    from pcsr.training.trainer import Trainer
+    for phase in (0, 1):
+        t = Trainer(make(data, phase=phase, loss__kind="l2", precision="fp32"), tmp_path / f"l2-{phase}")
+        b = t.sampler.next()
+        loss, parts = t.loss(b)
+        with torch.no_grad():
+            if phase == 0:
+                pred, _ = t.net(b.lr, scale=4, heavy_only=True)
+            else:
+                pred, _ = t.net(b.lr, scale=4)
+        mse = float(((pred.float() - b.hr) ** 2).mean())
+        assert parts["l2"] == pytest.approx(mse, rel=1e-5) and "l1" not in parts
+        if phase == 0:
+            assert float(loss) == pytest.approx(mse, rel=1e-5)
+    with pytest.raises(ConfigError, match="loss.kind"):
+        make(data, loss__kind="huber")
+
+
 def test_ema_follows_its_definition():
     """The average after each update, by hand: decay d_t = min(decay, (1 + t) / (10 + t)),
     avg <- d_t * avg + (1 - d_t) * w; integer buffers are copied, not averaged."""

@@ -66,6 +66,7 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
+    kind: str = "l1"                # reconstruction loss: l1, or l2 (fine-tuning towards PSNR)
     w_rgb: float = 1000.0
     w_avg: float = 3.0
 
@@ -127,6 +128,8 @@ class TrainConfig:
             raise ConfigError("data.scale_range needs data.queries > 0 (a non-integer scale uses point queries)")
         if not 0.0 <= self.optim.ema < 1.0:
             raise ConfigError(f"optim.ema must be in [0, 1) (0 = off), got {self.optim.ema}")
+        if self.loss.kind not in ("l1", "l2"):
+            raise ConfigError(f"loss.kind must be l1 or l2, got {self.loss.kind!r}")
         if self.optim.iterations < 1 or self.data.batch_size < 1 or self.data.lr_patch < 1:
             raise ConfigError("optim.iterations, data.batch_size and data.lr_patch must be positive")
         if not (self.data.min_detail >= 0 and self.data.detail_tries >= 1):

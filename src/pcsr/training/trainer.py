@@ -30,7 +30,7 @@ from . import distributed as D
 from .config import TrainConfig, save_config
 from .data import Batch, PatchSampler, load_images
 from .ema import Ema, inference_state
-from .losses import average_loss, l1
+from .losses import RECONSTRUCTION, average_loss
 
 CHECKPOINT_FORMAT = 1
 LICENCE_NOTE = ("Trained on the HR folders listed under 'data'. T91, BSD200 (BSDS: non-commercial research use) "
@@ -274,20 +274,22 @@ class Trainer:
         lr = b.lr.contiguous(memory_format=torch.channels_last) if cfg.channels_last else b.lr
         q = {} if b.coord is None else {"coord": b.coord, "cell": b.cell}
         s = None if b.coord is not None else int(round(b.scale))
+        kind = cfg.loss.kind
+        rec = RECONSTRUCTION[kind]
         if not self.is_pcsr:
             pred = self.model(lr)
-            loss = l1(pred, b.hr)
-            return loss, {"l1": loss.item()}
+            loss = rec(pred, b.hr)
+            return loss, {kind: loss.item()}
         if cfg.phase == 0:
             pred, _ = self.model(lr, scale=s, heavy_only=True, **q)
-            loss = l1(pred, b.hr)
-            return loss, {"l1": loss.item()}
+            loss = rec(pred, b.hr)
+            return loss, {kind: loss.item()}
         pred, prob = self.model(lr, scale=s, **q)
-        rgb = l1(pred, b.hr)
+        rgb = rec(pred, b.hr)
         avg = average_loss(prob, class_dim=1 if b.coord is None else -1)
         loss = cfg.loss.w_rgb * rgb + cfg.loss.w_avg * avg
         heavy = prob.float().movedim(1 if b.coord is None else -1, -1)[..., -1].mean().item()
-        return loss, {"l1": rgb.item(), "l_avg": avg.item(), "heavy_p": heavy}
+        return loss, {kind: rgb.item(), "l_avg": avg.item(), "heavy_p": heavy}
 
     def step(self) -> tuple[float, dict]:
         batch = self.sampler.next()
