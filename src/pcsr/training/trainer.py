@@ -86,7 +86,6 @@ def load_init_state(src: str) -> dict:
     return inference_state(read_checkpoint(p))
 
 
-
 class CosineSchedule:
     """Cosine annealing from `base` to `floor` over `total` iterations, in closed form of the step
     count, so that a resumed run with a longer (or shorter) `optim.iterations` follows the new curve."""
