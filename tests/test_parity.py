@@ -11,7 +11,7 @@ import torch
 from conftest import infer
 
 from pcsr import api, weights
-from pcsr.eval import evaluate, hr_tensor, make_lr
+from pcsr.eval import evaluate, make_lr
 from pcsr.models.pcsr import Routing
 
 SETTINGS = ["k-25", "k-1", "k0", "k1", "k2", "adaptive"]
