@@ -260,7 +260,7 @@ def meta_block(args, seconds: float, bundled) -> str:
                                                              "when this ran, so no row of ours is listed"
     limit = f"; first {args.limit} images of each set only" if args.limit else ""
     return (f"Generated {time.strftime('%Y-%m-%d')} by `benchmarks/reproduce.py` in {seconds / 60:.0f} min on "
-            f"{cpu} ({args.threads} torch thread), torch {torch.__version__}, protocols: "
+            f"{cpu} ({args.threads} torch thread{'s' if args.threads > 1 else ''}), torch {torch.__version__}, protocols: "
             f"{', '.join(args.protocols)}{limit}. Our own trained models: {own}.")
 
 
