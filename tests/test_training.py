@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from pcsr import weights
+from pcsr.errors import PcsrError
 from pcsr.cli import main
 from pcsr.training.config import ConfigError, TrainConfig, from_dict, load_config
 from pcsr.training.trainer import read_checkpoint, train
@@ -359,3 +360,19 @@ def test_a_pack_holds_detailed_crops_within_its_budget(tmp_path):
     assert again == info
     with pytest.raises(Exception, match="not empty"):
         make_pack([str(src)], tmp_path / "pack", budget_mb=0.05, crop=24, progress=False)
+
+
+def test_freeze_holds_the_named_parts_and_their_statistics(data, tmp_path):
+    orig = dict(TINY_MODEL, upsamplers=[], classifier=[])
+    first = train(make(data, model=orig, precision="fp32"), tmp_path / "a", progress=False)
+    before = {k: v.detach().clone() for k, v in first.net.state_dict().items()}
+    cfg = make(data, model=orig, precision="fp32", init_from=str(tmp_path / "a"),
+               freeze=["backbone.entry", "backbone.blocks", "backbone.fuse"])
+    after = train(cfg, tmp_path / "b", progress=False).net.state_dict()
+    body = [k for k in before if k.startswith(("backbone.entry", "backbone.blocks", "backbone.fuse"))]
+    assert any("running_var" in k for k in body)
+    assert all(torch.equal(before[k], after[k]) for k in body)
+    tail = [k for k in before if k.startswith(("backbone.upsample", "backbone.exit"))]
+    assert tail and all(not torch.equal(before[k], after[k]) for k in tail if k.endswith("weight"))
+    with pytest.raises(PcsrError, match="freeze"):
+        train(make(data, model=orig, freeze=["backbone.blockz"]), tmp_path / "c", progress=False)

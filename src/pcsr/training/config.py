@@ -88,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     phase: int = 0                  # PCSR: 0 = backbone + heavy upsampler, 1 = classifier + lighter upsamplers
     init_from: str | None = None    # weights to start from: a run folder, a .pt checkpoint or a .safetensors
+    freeze: list[str] = field(default_factory=list)  # parts held fixed, in eval mode (e.g. backbone.blocks)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

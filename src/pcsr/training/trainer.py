@@ -187,11 +187,15 @@ class Trainer:
             raise PcsrError(f"init_from {src}: weights do not fit the model ({str(e).splitlines()[0]})") from None
 
     def frozen_modules(self) -> list[nn.Module]:
+        try:  # cfg.freeze: parts held fixed; a typo must fail, not train the part it meant to hold
+            own = [self.net.get_submodule(n) for n in self.cfg.freeze]
+        except AttributeError as e:
+            raise PcsrError(f"freeze: this model has no such part ({e})") from None
         if not self.is_pcsr:
-            return []
+            return own
         if self.cfg.phase == 0:  # classifier and lighter upsamplers take no part in phase 0
-            return [self.net.classifier, *self.net.upsamplers[:-1]]
-        return [self.net.backbone, self.net.upsamplers[-1]]
+            return [*own, self.net.classifier, *self.net.upsamplers[:-1]]
+        return [*own, self.net.backbone, self.net.upsamplers[-1]]
 
     def _freeze(self) -> None:
         for m in self.frozen_modules():
@@ -273,8 +277,7 @@ class Trainer:
         lr = b.lr.contiguous(memory_format=torch.channels_last) if cfg.channels_last else b.lr
         q = {} if b.coord is None else {"coord": b.coord, "cell": b.cell}
         s = None if b.coord is not None else int(round(b.scale))
-        kind = cfg.loss.kind
-        rec = RECONSTRUCTION[kind]
+        kind, rec = cfg.loss.kind, RECONSTRUCTION[cfg.loss.kind]
         if not self.is_pcsr:
             pred = self.model(lr)
             loss = rec(pred, b.hr)
@@ -367,8 +370,7 @@ class Trainer:
         cfg, main = self.cfg, self.dist.main
         total = cfg.optim.iterations
         stop_at = total if self.stop_after is None else min(total, self.iteration + self.stop_after)
-        stop = {"flag": False}
-        old = None
+        stop, old = {"flag": False}, None
         if main and _in_main_thread():
             old = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
         bar = None
@@ -377,8 +379,7 @@ class Trainer:
             bar = tqdm(total=total, initial=self.iteration, unit="it", dynamic_ncols=True, mininterval=5,
                        smoothing=0.05, desc=cfg.name)
         self.train_mode()
-        session_t0 = time.perf_counter()
-        wall0 = self.wall
+        session_t0, wall0 = time.perf_counter(), self.wall
         last_ckpt = time.monotonic()
         acc: dict[str, float] = {}
         n_acc, t_steps = 0, 0.0
