@@ -376,3 +376,25 @@ def test_freeze_holds_the_named_parts_and_their_statistics(data, tmp_path):
     assert tail and all(not torch.equal(before[k], after[k]) for k in tail if k.endswith("weight"))
     with pytest.raises(PcsrError, match="freeze"):
         train(make(data, model=orig, freeze=["backbone.blockz"]), tmp_path / "c", progress=False)
+
+
+def test_hold_keeps_the_named_output_channels_and_trains_the_rest(data, tmp_path):
+    orig = dict(TINY_MODEL, upsamplers=[], classifier=[])
+    first = train(make(data, model=orig, precision="fp32"), tmp_path / "a", progress=False)
+    before = {k: v.detach().clone() for k, v in first.net.state_dict().items()}
+    cfg = make(data, model=orig, precision="fp32", init_from=str(tmp_path / "a"),
+               hold={"parts": ["backbone.entry", "backbone.blocks.0"], "channels": [1, 6]})
+    after = train(cfg, tmp_path / "b", progress=False).net.state_dict()
+    held = [k for k in before if k.startswith(("backbone.entry.", "backbone.blocks.0."))
+            and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert any(k.endswith("fuse.2.0.weight") for k in held)
+    for k in held:
+        assert torch.equal(before[k][[1, 6]], after[k][[1, 6]]), k
+    assert not torch.equal(before["backbone.entry.weight"][[0, 2]], after["backbone.entry.weight"][[0, 2]])
+    assert not torch.equal(before["backbone.blocks.1.unit.body.4.weight"][[1, 6]],
+                           after["backbone.blocks.1.unit.body.4.weight"][[1, 6]])
+    for hold, msg in [({"parts": ["backbone.entry"], "channels": [8]}, "output channels"),
+                      ({"parts": ["backbone.entyr"], "channels": [1]}, "no such part"),
+                      ({"parts": ["backbone.entry"]}, "both")]:
+        with pytest.raises(PcsrError, match=msg):
+            train(make(data, model=orig, hold=hold), tmp_path / "c", progress=False)

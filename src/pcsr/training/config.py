@@ -83,12 +83,19 @@ class ValConfig:
 
 
 @dataclass
+class HoldConfig:
+    parts: list[str] = field(default_factory=list)     # dotted module paths, e.g. backbone.blocks
+    channels: list[int] = field(default_factory=list)  # output channels whose weights stay put there
+
+
+@dataclass
 class TrainConfig:
     name: str = ""                  # run folder runs/<name>; default: the config file's stem + phase
     seed: int = 0
     phase: int = 0                  # PCSR: 0 = backbone + heavy upsampler, 1 = classifier + lighter upsamplers
     init_from: str | None = None    # weights to start from: a run folder, a .pt checkpoint or a .safetensors
     freeze: list[str] = field(default_factory=list)  # parts held fixed, in eval mode (e.g. backbone.blocks)
+    hold: HoldConfig = field(default_factory=HoldConfig)  # output channels held fixed (training/hold.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

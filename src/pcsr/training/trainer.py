@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,6 +31,7 @@ from . import distributed as D
 from .config import TrainConfig, save_config
 from .data import Batch, PatchSampler, load_images
 from .ema import Ema, inference_state
+from .hold import apply_holds, hold_masks
 from .losses import RECONSTRUCTION, average_loss
 
 CHECKPOINT_FORMAT = 1
@@ -150,6 +152,7 @@ class Trainer:
         if cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.holds = hold_masks(self.net, cfg.hold.parts, cfg.hold.channels)
         self.opt = torch.optim.Adam(self.params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                     weight_decay=cfg.optim.weight_decay)
         self.sched = CosineSchedule(self.opt, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.iterations)
@@ -299,6 +302,7 @@ class Trainer:
             loss, parts = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        apply_holds(self.holds)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
@@ -371,7 +375,7 @@ class Trainer:
         total = cfg.optim.iterations
         stop_at = total if self.stop_after is None else min(total, self.iteration + self.stop_after)
         stop, old = {"flag": False}, None
-        if main and _in_main_thread():
+        if main and threading.current_thread() is threading.main_thread():
             old = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
         bar = None
         if main and self.progress:
@@ -435,11 +439,6 @@ class Trainer:
             self.save_weights(self.run_dir / "best.safetensors")
         D.barrier(self.dist)
         return self
-
-
-def _in_main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_after: int | None = None,
