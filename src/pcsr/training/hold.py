@@ -15,17 +15,21 @@ from torch import nn
 from ..errors import PcsrError
 
 
+def named_parts(net: nn.Module, names: list[str], option: str) -> list[nn.Module]:
+    """The modules a config option names (dotted paths): a typo must fail, not train what it meant to hold."""
+    try:
+        return [net.get_submodule(n) for n in names]
+    except AttributeError as e:
+        raise PcsrError(f"{option}: this model has no such part ({e})") from None
+
+
 def hold_masks(net: nn.Module, parts: list[str], channels: list[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
     """(parameter, 0/1 mask) for every trainable parameter under `parts` whose leading (output
     channel) axis covers `channels`."""
     if bool(parts) != bool(channels):
         raise PcsrError("hold: give both parts and channels, or neither")
     masks = []
-    for part in parts:
-        try:
-            module = net.get_submodule(part)
-        except AttributeError as e:
-            raise PcsrError(f"hold: this model has no such part ({e})") from None
+    for part, module in zip(parts, named_parts(net, parts, "hold")):
         for name, p in module.named_parameters():
             if not p.requires_grad or p.dim() == 0:
                 continue

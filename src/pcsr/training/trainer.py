@@ -31,7 +31,7 @@ from . import distributed as D
 from .config import TrainConfig, save_config
 from .data import Batch, PatchSampler, load_images
 from .ema import Ema, inference_state
-from .hold import apply_holds, hold_masks
+from .hold import apply_holds, hold_masks, named_parts
 from .losses import RECONSTRUCTION, average_loss
 
 CHECKPOINT_FORMAT = 1
@@ -190,10 +190,7 @@ class Trainer:
             raise PcsrError(f"init_from {src}: weights do not fit the model ({str(e).splitlines()[0]})") from None
 
     def frozen_modules(self) -> list[nn.Module]:
-        try:  # cfg.freeze: parts held fixed; a typo must fail, not train the part it meant to hold
-            own = [self.net.get_submodule(n) for n in self.cfg.freeze]
-        except AttributeError as e:
-            raise PcsrError(f"freeze: this model has no such part ({e})") from None
+        own = named_parts(self.net, self.cfg.freeze, "freeze")
         if not self.is_pcsr:
             return own
         if self.cfg.phase == 0:  # classifier and lighter upsamplers take no part in phase 0
