@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -73,5 +74,6 @@ def test_bench_table_and_errors(tmp_path, capsys):
     assert ("bf16 compiled kernel" in out[-2]) is kernels.bf16_available()
     m = bench.machine()
     assert out[-1] == f"machine: {m['cpu']}, {m['isa']}, {m['threads']} threads, torch {m['torch']}"
-    assert main(["bench", "--model", str(p), "-i", str(img), "--repeat", "0"]) == 1
-    assert "--repeat must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--model", str(p), "-i", str(img), "--repeat", "0"])
+    assert e.value.code == 2 and "argument --repeat: must be at least 1, got 0" in capsys.readouterr().err

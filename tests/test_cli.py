@@ -58,6 +58,26 @@ def test_errors_are_one_line(tmp_path, hr_folder, capsys):
     assert e.value.code == 2
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["bench", "-i", "a.png", "--threads", "-1"], "argument --threads: must be at least 1, got -1"),
+    (["bench", "-i", "a.png", "--repeat", "0"], "argument --repeat: must be at least 1, got 0"),
+    (["eval", "--data", "d", "--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    (["eval", "--data", "d", "--batch", "0"], "argument --batch: must be at least 1, got 0"),
+    (["eval", "--data", "d", "--patch", "2.5"], "argument --patch: expected a whole number, got '2.5'"),
+    (["train", "--config", "c.yaml", "--stop-after", "-3"], "argument --stop-after: must be at least 1, got -3"),
+    (["serve", "--port", "65536"], "argument --port: must be between 0 and 65535, got 65536"),
+    (["serve", "--jobs", "0"], "argument --jobs: must be at least 1, got 0"),
+    (["upscale", "a.png", "--tile", "-1"], "argument -t/--tile: must be 0 or more, got -1"),
+])
+def test_bad_whole_numbers_are_usage_errors_naming_the_flag(argv, says, capsys):
+    """Every subcommand checks its integer flags the same way, before any work (bench --threads -1
+    used to end in a traceback from torch.set_num_threads, train --stop-after -3 in an empty run)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.splitlines()[-1] == f"pcsr {argv[0]}: error: {says}"
+
+
 def test_convert_reference(official, tmp_path, capsys):
     dst = tmp_path / "carn-pcsr.safetensors"
     assert main(["convert", str(official / "carn-pcsr-phase1.pth"), "-o", str(dst)]) == 0

@@ -1,10 +1,12 @@
-"""Command-line arguments that several `pcsr` subcommands share (the routing flags).
+"""Command-line arguments that several `pcsr` subcommands share (the routing flags, whole numbers).
 
 A module of its own so that the subcommand modules (upscale, bench, ...) and `pcsr.cli`, which
 gathers them, both import it instead of each other. It imports no torch: `pcsr --help` and
 usage errors answer before torch's import.
 """
 from __future__ import annotations
+
+import argparse
 
 from ..errors import PcsrError
 
@@ -32,3 +34,19 @@ def routing_from_args(args):
     check_routing_args(args)
     from ..models.pcsr import Routing
     return Routing(k=args.k, adaptive=args.adaptive, budget=args.budget, refine=not args.no_refine)
+
+
+def whole(low: int, high: int | None = None):
+    """An argparse type for a whole number in [low, high]: a bad value is a one-line usage error
+    naming the flag, before any work starts (not a traceback from deep inside torch)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = (f"between {low} and {high}" if high is not None
+                     else "0 or more" if low == 0 else f"at least {low}")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return parse

@@ -13,7 +13,7 @@ import json
 import statistics
 import time
 
-from ..errors import PcsrError
+from .args import whole
 
 
 def add_parser(sub):
@@ -32,8 +32,8 @@ def add_parser(sub):
                    help="precision (repeatable; default fp32)")
     p.add_argument("-k", "--k", type=float, default=0.0, help="cost-rule k (default 0)")
     p.add_argument("--reference", action="store_true", help="also time the query-based path (PCSR models)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per setting (default 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeat", type=whole(1), default=5, help="timed runs per setting (default 5)")
+    p.add_argument("--threads", type=whole(1), default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto")
     p.add_argument("--profile", action="store_true", help="print where the time goes, per stage")
     p.add_argument("--json", action="store_true", help="one JSON object per row")
@@ -107,8 +107,6 @@ def run(args) -> int:
     from ..models.pcsr import Routing
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.repeat < 1:
-        raise PcsrError("--repeat must be at least 1")
     routing = Routing(k=args.k)
     settings, names = [], []
     for name in args.model:

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from ..errors import PcsrError
+from .args import whole
 
 
 def _number_list(text: str) -> list[float]:
@@ -49,13 +50,13 @@ def add_parser(sub):
     q = p.add_argument_group("protocol")
     q.add_argument("--protocol", choices=["image", "patch"], default="image",
                    help="image: the whole image in one pass (default); patch: ClassSR / PCSR-paper patches")
-    q.add_argument("--patch", type=int, default=32, help="LR patch size (default 32)")
-    q.add_argument("--step", type=int, default=28, help="LR patch step of --protocol patch (default 28)")
-    q.add_argument("--scale", type=int, default=None, help="scale (default: each model's)")
+    q.add_argument("--patch", type=whole(1), default=32, help="LR patch size (default 32)")
+    q.add_argument("--step", type=whole(1), default=28, help="LR patch step of --protocol patch (default 28)")
+    q.add_argument("--scale", type=whole(1), default=None, help="scale (default: each model's)")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda")
     q.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    q.add_argument("--batch", type=int, default=64, help="patches per forward pass (default 64)")
-    q.add_argument("--threads", type=int, default=None,
+    q.add_argument("--batch", type=whole(1), default=64, help="patches per forward pass (default 64)")
+    q.add_argument("--threads", type=whole(1), default=None,
                    help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)")
     q.add_argument("--exact", action="store_true",
                    help="run the model once per setting (slower; gives per-setting times) instead of "
@@ -98,18 +99,14 @@ def _eval(args) -> int:
     from .. import api
     from ..eval import csv_text, markdown_per_image, markdown_table, plot_curves, public_row, sweep
     settings = eval_settings(args)
-    if args.patch < 1 or not 1 <= args.step <= args.patch:
-        raise PcsrError(f"--patch and --step need 1 <= step <= patch, got {args.patch} and {args.step}")
-    if args.scale is not None and args.scale < 1:
-        raise PcsrError(f"--scale must be at least 1, got {args.scale}")
+    if args.step > args.patch:
+        raise PcsrError(f"--step must be at most --patch, got {args.step} and {args.patch}")
     if args.plot:  # now, not after a sweep of many minutes
         try:
             import matplotlib  # noqa: F401  (only: is it installed?)
         except ImportError:
             raise PcsrError(f"--plot {args.plot} needs matplotlib: pip install 'pcsr[plot]'") from None
     if args.threads is not None:
-        if args.threads < 1:
-            raise PcsrError(f"--threads must be at least 1, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)
     models = [api.load(m, device=args.device, precision=args.precision) for m in (args.model or [None])]

@@ -7,10 +7,10 @@ uvicorn come with the optional extra `pcsr[serve]` and are imported only when th
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 
 from ..errors import PcsrError
+from .args import whole
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MB = 1 << 20
@@ -24,45 +24,25 @@ def add_parser(sub) -> None:
                     "--host says otherwise.")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1, this machine only; 0.0.0.0: every interface)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--port", type=whole(0, 65535), default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--model", nargs="+", default=None, metavar="NAME|PATH",
                    help="bundled model names or model files to offer (default: the bundled default); the "
                         "first is preselected")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="as pcsr upscale's --precision")
-    p.add_argument("--max-pixels", type=_positive, default=1 << 22, metavar="N",
+    p.add_argument("--max-pixels", type=whole(1), default=1 << 22, metavar="N",
                    help="refuse uploads with more pixels (default 4194304, a 2048x2048 picture)")
-    p.add_argument("--max-upload-mb", type=_positive, default=64, metavar="MB",
+    p.add_argument("--max-upload-mb", type=whole(1), default=64, metavar="MB",
                    help="refuse uploads larger than this (default 64)")
-    p.add_argument("--preview-pixels", type=_positive, default=1 << 22, metavar="N",
+    p.add_argument("--preview-pixels", type=whole(1), default=1 << 22, metavar="N",
                    help="largest output (pixels) whose re-routing is cached so that k moves live; larger "
                         "pictures run the whole model on each change (default 4194304)")
-    p.add_argument("--cache-mb", type=_positive, default=1024, metavar="MB",
+    p.add_argument("--cache-mb", type=whole(1), default=1024, metavar="MB",
                    help="memory for cached previews (default 1024; results and uploads get half as much each)")
-    p.add_argument("--jobs", type=_positive, default=1, metavar="N",
+    p.add_argument("--jobs", type=whole(1), default=1, metavar="N",
                    help="jobs run at once per device; more wait in line (default 1)")
     p.set_defaults(func=run, usage_error=p.error)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
-    return value
 
 
 def missing_extra() -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import PcsrError
+from .args import whole
 
 
 def add_parser(sub) -> None:
@@ -19,7 +20,7 @@ def add_parser(sub) -> None:
                    help="override a config value, e.g. --set optim.lr=1e-4 --set data.batch_size=8 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUNDIR from its last checkpoint")
     p.add_argument("--out", default=None, metavar="RUNDIR", help="run folder (default runs/<name>)")
-    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+    p.add_argument("--stop-after", type=whole(1), default=None, metavar="N",
                    help="stop (with a checkpoint) after N iterations of this session")
     p.add_argument("--minutes", type=float, default=None, metavar="M",
                    help="stop (with a checkpoint) after M minutes of this session, e.g. on a GPU lent for a while")

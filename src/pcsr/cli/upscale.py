@@ -60,10 +60,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled model name or path (.safetensors, reference .pth)")
     cliargs.add_routing(p)
-    p.add_argument("-t", "--tile", type=_count, default=None, metavar="N",
+    p.add_argument("-t", "--tile", type=cliargs.whole(0), default=None, metavar="N",
                    help="tile side in LR pixels (default: from free memory; 0: never tile; a side below the "
                         "tiling minimum is refused, naming it)")
-    p.add_argument("--tile-pad", type=_count, default=None, metavar="P",
+    p.add_argument("--tile-pad", type=cliargs.whole(0), default=None, metavar="P",
                    help="LR pixels of context around each tile (default and minimum: the model's receptive radius + 2)")
     p.add_argument("--device", default="auto", type=_device, help="auto, cpu or cuda[:N]")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -71,29 +71,12 @@ def add_parser(sub) -> None:
                         "on this hardware, else fp32")
     p.add_argument("--class-map", action="store_true",
                    help="also write <stem>_<suffix>_classes.png: the result tinted by upsampler (green light, red heavy)")
-    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="N",
+    p.add_argument("--max-pixels", type=cliargs.whole(1), default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse inputs with more pixels (default 2^28)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.set_defaults(func=run, usage_error=p.error)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _scale(text: str) -> float:
