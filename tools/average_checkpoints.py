@@ -6,8 +6,7 @@ it stands for (its moving average where it kept one, `training.ema.inference_sta
 tensors are averaged in float64, integer buffers come from the last. The batch norms' running
 statistics of a mean of weights are not the statistics of the mean network (phase 0 trains with
 batch statistics), so `--bn-batches N` recomputes them on N training batches of the last run's data
-(its config; train-mode statistics, cumulative mean): on CARN-PCSR's two restart ends that turned the
-mean's Set5 all-heavy 31.327 into 31.336 dB Y, where on a single run's average it changes nothing.
+(its config; train-mode statistics, cumulative mean). What it gave is in docs/TRAINING.md, session 23.
 The output is a copy of the last checkpoint with both its raw and its averaged weights replaced, so
 `pcsr export DIR --which last` and `init_from` read it like any run's state:
 
@@ -27,10 +26,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from pcsr.errors import PcsrError  # noqa: E402
 from pcsr.models.pcsr import build_model  # noqa: E402
 from pcsr.training.config import TrainConfig, from_dict  # noqa: E402
 from pcsr.training.data import PatchSampler, load_images  # noqa: E402
 from pcsr.training.ema import inference_state  # noqa: E402
+from pcsr.training.trainer import atomic_torch_save, read_checkpoint  # noqa: E402
 
 
 def recalibrate_bn(state: dict, config: dict, batches: int, seed: int) -> dict:
@@ -61,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     if len(args.checkpoints) < 2:
         sys.exit("average_checkpoints: give at least two checkpoints")
-    cks = [torch.load(p, map_location="cpu", weights_only=True) for p in args.checkpoints]
+    cks = [read_checkpoint(p) for p in args.checkpoints]
     states = [inference_state(c) for c in cks]
     keys = set(states[-1])
     for p, s in zip(args.checkpoints, states):
@@ -80,11 +81,12 @@ def main() -> None:
     if out.get("ema"):
         out["ema"]["weights"] = avg
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    torch.save(out, tmp)
-    tmp.replace(args.out)
+    atomic_torch_save(out, args.out)
     print(f"wrote {args.out} (mean of {len(cks)})")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PcsrError as e:  # a missing or damaged checkpoint: one line, no traceback
+        sys.exit(f"average_checkpoints: {e}")
