@@ -30,8 +30,8 @@ POOL = ["../shared/data/train/T91", "../shared/data/train/BSD200", "../shared/da
 # model -> (phase-0 config, phase-1 config, phase-0 state of the CPU runs). Phase 0 continues the CPU
 # runs' latest recipe (the warm restarts: L2 loss) from the state the bundle's phase 1 was trained on.
 MODELS = {
-    "carn-pcsr-x4": ("configs/carn-pcsr-x4-photos-restart.yaml", "configs/carn-pcsr-x4-photos-phase1.yaml",
-                     "checkpoints/carn-pcsr-x4-photos-avg123bn-phase0.pt"),
+    "carn-pcsr-x4": ("configs/carn-pcsr-x4-photos-restart.yaml", "configs/carn-pcsr-x4-photos-phase1-l2.yaml",
+                     "checkpoints/carn-pcsr-x4-photos-restart4-phase0.pt"),
     "fsrcnn-pcsr-x4": ("configs/fsrcnn-pcsr-x4-photos-restart.yaml", "configs/fsrcnn-pcsr-x4-photos-phase1.yaml",
                        "checkpoints/fsrcnn-pcsr-x4-photos-restart3-phase0.pt"),
 }
