@@ -32,7 +32,7 @@ POOL = ["../shared/data/train/T91", "../shared/data/train/BSD200", "../shared/da
 MODELS = {
     "carn-pcsr-x4": ("configs/carn-pcsr-x4-photos-restart.yaml", "configs/carn-pcsr-x4-photos-phase1-l2.yaml",
                      "checkpoints/carn-pcsr-x4-photos-restart4-phase0.pt"),
-    "fsrcnn-pcsr-x4": ("configs/fsrcnn-pcsr-x4-photos-restart.yaml", "configs/fsrcnn-pcsr-x4-photos-phase1.yaml",
+    "fsrcnn-pcsr-x4": ("configs/fsrcnn-pcsr-x4-photos-restart.yaml", "configs/fsrcnn-pcsr-x4-photos-phase1-l2.yaml",
                        "checkpoints/fsrcnn-pcsr-x4-photos-restart3-phase0.pt"),
 }
 
